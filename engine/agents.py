@@ -1,0 +1,162 @@
+"""The agent pool: explicit agent states, and handing agents to answered calls.
+
+A live answer needs an agent within the connect limit. Agents who become free
+go first to the oldest answered call waiting for one (it is about to be
+abandoned), and only then back to the ready queue, longest idle first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+
+from engine.models import Agent, AgentState
+
+_ALLOWED: dict[AgentState, frozenset[AgentState]] = {
+    AgentState.LOGGED_OUT: frozenset({AgentState.READY, AgentState.PAUSED}),
+    AgentState.READY: frozenset({AgentState.PREVIEWING, AgentState.ON_CALL, AgentState.PAUSED,
+                                 AgentState.LOGGED_OUT}),
+    AgentState.PREVIEWING: frozenset({AgentState.READY, AgentState.ON_CALL, AgentState.WRAP_UP,
+                                      AgentState.PAUSED, AgentState.LOGGED_OUT}),
+    AgentState.ON_CALL: frozenset({AgentState.WRAP_UP, AgentState.READY}),
+    AgentState.WRAP_UP: frozenset({AgentState.READY, AgentState.PAUSED, AgentState.LOGGED_OUT}),
+    AgentState.PAUSED: frozenset({AgentState.READY, AgentState.LOGGED_OUT}),
+}
+
+
+class AgentStateError(RuntimeError):
+    """An agent was asked to move between states that do not follow each other."""
+
+
+class AgentPool:
+    def __init__(self, agents: Iterable[Agent], clock: Callable[[], float],
+                 on_ready: Callable[[], None] = lambda: None) -> None:
+        self._clock = clock
+        self._on_ready = on_ready
+        self.agents: dict[str, Agent] = {a.agent_id: a for a in agents}
+        self.by_state: dict[AgentState, dict[str, Agent]] = {s: {} for s in AgentState}
+        for a in self.agents.values():
+            self.by_state[a.state][a.agent_id] = a
+        self._ready: OrderedDict[str, Agent] = OrderedDict()  # longest idle first
+        self._waiters: deque[asyncio.Future[Agent | None]] = deque()
+        self.time_in: dict[str, dict[AgentState, float]] = {a: {} for a in self.agents}
+
+    # -- state changes ------------------------------------------------------------------
+
+    def _move(self, agent: Agent, state: AgentState) -> None:
+        if state not in _ALLOWED[agent.state]:
+            raise AgentStateError(f"agent {agent.agent_id}: {agent.state.value} -> {state.value} not allowed")
+        now = self._clock()
+        spent = self.time_in[agent.agent_id]
+        spent[agent.state] = spent.get(agent.state, 0.0) + (now - agent.since)
+        del self.by_state[agent.state][agent.agent_id]
+        self._ready.pop(agent.agent_id, None)
+        agent.state, agent.since = state, now
+        self.by_state[state][agent.agent_id] = agent
+
+    def login(self, agent_id: str) -> None:
+        self.make_ready(self.agents[agent_id])
+
+    def logout(self, agent_id: str) -> None:
+        agent = self.agents[agent_id]
+        if agent.state in (AgentState.ON_CALL,):
+            raise AgentStateError(f"agent {agent_id} is on a call; log out after wrap-up")
+        if agent.state != AgentState.LOGGED_OUT:
+            self._move(agent, AgentState.LOGGED_OUT)
+
+    def pause(self, agent_id: str) -> None:
+        self._move(self.agents[agent_id], AgentState.PAUSED)
+
+    def make_ready(self, agent: Agent) -> None:
+        """The agent can take a call: give them to the oldest waiting answer, else queue them."""
+        if agent.state != AgentState.READY:
+            self._move(agent, AgentState.READY)
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._move(agent, AgentState.ON_CALL)
+                waiter.set_result(agent)
+                return
+        self._ready[agent.agent_id] = agent
+        self._on_ready()
+
+    def start_preview(self) -> Agent | None:
+        """Take the longest-idle ready agent to show them a lead."""
+        if not self._ready:
+            return None
+        agent = next(iter(self._ready.values()))
+        self._move(agent, AgentState.PREVIEWING)
+        return agent
+
+    def end_preview(self, agent: Agent) -> None:
+        self.make_ready(agent)
+
+    def take_ready(self) -> Agent | None:
+        if not self._ready:
+            return None
+        agent = next(iter(self._ready.values()))
+        self._move(agent, AgentState.ON_CALL)
+        return agent
+
+    def to_call(self, agent: Agent) -> None:
+        """A previewing agent's own call was answered."""
+        self._move(agent, AgentState.ON_CALL)
+
+    def to_wrap_up(self, agent: Agent) -> None:
+        self._move(agent, AgentState.WRAP_UP)
+
+    def return_unused(self, agent: Agent) -> None:
+        """An agent handed to a call that ended before the bridge goes straight back, without wrap-up."""
+        self.make_ready(agent)
+
+    async def acquire(self, limit: float, waiter: asyncio.Future[Agent | None] | None = None) -> Agent | None:
+        """An agent for an answered call within ``limit`` seconds, or None (the call is abandoned).
+
+        The caller may pass the ``waiter`` future and resolve it with None itself
+        to give up early (the customer hung up while waiting).
+        """
+        agent = self.take_ready()
+        if agent is not None:
+            return agent
+        if waiter is None:
+            waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(limit):
+                return await asyncio.shield(waiter)
+        except TimeoutError:
+            # An agent may have been handed over in the same instant the limit ran out.
+            if waiter.done() and not waiter.cancelled():
+                return waiter.result()
+            waiter.cancel()
+            return None
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+                self.return_unused(waiter.result())
+            waiter.cancel()
+            raise
+
+    # -- figures ------------------------------------------------------------------------
+
+    @property
+    def waiting_calls(self) -> int:
+        return sum(1 for w in self._waiters if not w.done())
+
+    def count(self, state: AgentState) -> int:
+        return len(self.by_state[state])
+
+    def elapsed(self, state: AgentState) -> tuple[float, ...]:
+        now = self._clock()
+        return tuple(now - a.since for a in self.by_state[state].values())
+
+    def totals(self) -> dict[AgentState, float]:
+        """Seconds spent in each state by the whole team, up to now."""
+        now = self._clock()
+        out: dict[AgentState, float] = {s: 0.0 for s in AgentState}
+        for agent_id, spent in self.time_in.items():
+            for state, secs in spent.items():
+                out[state] += secs
+            agent = self.agents[agent_id]
+            out[agent.state] += now - agent.since
+        return out

@@ -1,0 +1,305 @@
+"""The ``dialer`` command.
+
+Exit codes: 0 success, 1 the run failed (e.g. the PBX refused our login),
+2 bad input (config, leads file, arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from engine import logs
+from engine.config import CampaignConfig, ConfigError, load_campaign
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+KPI_ROWS = [
+    ("agents", "agents"),
+    ("logged_in_h", "logged-in hours"),
+    ("dials", "dials"),
+    ("live", "live answers"),
+    ("connected", "connected to an agent"),
+    ("abandoned", "abandoned"),
+    ("abandon_rate", "abandon rate (abandoned / live)"),
+    ("occupancy", "occupancy ((talk + wrap) / logged in)"),
+    ("talk_min_per_agent_hour", "talk minutes per agent hour"),
+    ("contact_rate", "live answers per dial"),
+    ("blocked", "dials blocked by the gate"),
+    ("machines", "answering machines"),
+    ("errors", "call handling errors"),
+]
+
+
+def _known_modes() -> set[str]:
+    from engine.pacing import available_pacers
+
+    return set(available_pacers())
+
+
+def _load(path: str) -> CampaignConfig:
+    return load_campaign(path, known_modes=_known_modes())
+
+
+def _fmt(key: str, value: Any) -> str:
+    if key in ("abandon_rate", "contact_rate"):
+        return f"{value * 100:.2f} %"
+    if key == "occupancy":
+        return f"{value:.3f}"
+    return str(value)
+
+
+def print_summary(summaries: list[dict[str, Any]], console: Console) -> None:
+    table = Table(title="campaign results" if len(summaries) == 1 else "pacers compared, same scenario")
+    table.add_column("figure")
+    for s in summaries:
+        table.add_column(str(s.get("mode", "")), justify="right")
+    for key, label in KPI_ROWS:
+        table.add_row(label, *(_fmt(key, s.get(key, "")) for s in summaries))
+    table.add_row("seed", *(str(s.get("seed", "")) for s in summaries))
+    table.add_row("wall time (s)", *(str(s.get("wall_s", "")) for s in summaries))
+    console.print(table)
+
+
+# -- dialer check -------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = _load(args.campaign)
+    from engine.plugins import make_plugin_manager
+
+    make_plugin_manager(cfg.campaign.plugins)
+    print(f"{args.campaign}: OK (campaign {cfg.id!r}, mode {cfg.campaign.mode}, backend {cfg.campaign.backend}, "
+          f"store {cfg.campaign.store}, abandon target {cfg.abandon.target} %)")
+    return EXIT_OK
+
+
+# -- dialer run ---------------------------------------------------------------------------
+
+
+def _build_store(cfg: CampaignConfig) -> Any:
+    if cfg.campaign.store == "redis":
+        from engine.store.redis import RedisStore
+
+        return RedisStore(cfg.redis.url, prefix=cfg.redis.prefix)
+    from engine.store.memory import MemoryStore
+
+    return MemoryStore()
+
+
+async def _run_campaign(cfg: CampaignConfig, args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    from engine.leads import load_csv
+    from engine.results import ResultWriter
+    from engine.status import show
+    from simulations.runner import run_sim_campaign
+
+    leads = None
+    if args.leads:
+        report = load_csv(args.leads, cfg.id, cfg.campaign.default_region)
+        for line, field, _value, reason in report.rejects[:20]:
+            print(f"{args.leads}:{line}: {field}: {reason}", file=sys.stderr)
+        if len(report.rejects) > 20:
+            print(f"... and {len(report.rejects) - 20} more rejected rows", file=sys.stderr)
+        leads = report.leads
+    stem = f"{cfg.id}-{time.strftime('%Y%m%dT%H%M%S')}-{args.node_id}"
+    results = ResultWriter(args.results or cfg.results.dir, stem, list(cfg.results.formats))
+    store = _build_store(cfg)
+    loop = asyncio.get_running_loop()
+    holder: dict[str, Any] = {}
+    attached = asyncio.Event()
+
+    def attach(dialer: Any) -> None:
+        holder["dialer"] = dialer
+        attached.set()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, dialer.stop)
+
+    async def status_when_ready() -> None:
+        await attached.wait()
+        await show(holder["dialer"], console=console)
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            status = tg.create_task(status_when_ready()) if not args.quiet else None
+            summary = await run_sim_campaign(cfg, leads=leads, store=store, results=results,
+                                             node_id=args.node_id, on_dialer=attach,
+                                             until=args.until)
+            if status is not None:
+                status.cancel()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await store.close()
+    summary["results"] = {k: str(v) for k, v in results.paths.items()}
+    return summary
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load(args.campaign)
+    console = Console(file=sys.stderr)
+    if cfg.campaign.backend != "sim":
+        print(f"{args.campaign}: campaign.backend = {cfg.campaign.backend!r} is not available in this build; "
+              "use \"sim\"", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.realtime:
+        summary = asyncio.run(_run_campaign(cfg, args, console))
+    else:
+        from simulations.vloop import run_virtual
+
+        summary = run_virtual(_run_campaign(cfg, args, console))
+    _report(summary, args, Console())
+    return EXIT_OK
+
+
+def _report(summary: dict[str, Any], args: argparse.Namespace, console: Console) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(summary, default=str))
+        return
+    print_summary([summary], console)
+    for kind, path in summary.get("results", {}).items():
+        console.print(f"results ({kind}): {path}", highlight=False)
+
+
+# -- dialer simulate ----------------------------------------------------------------------
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from simulations.runner import simulate
+
+    cfg = _load(args.scenario)
+    if cfg.simulation is None:
+        print(f"{args.scenario}: no [simulation] section: a scenario needs one", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    modes = args.compare.split(",") if args.compare else [args.mode or cfg.campaign.mode]
+    unknown = [m for m in modes if m not in _known_modes()]
+    if unknown:
+        print(f"unknown pacer(s): {', '.join(unknown)}; available: {', '.join(sorted(_known_modes()))}",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    summaries = []
+    for mode in modes:
+        s = simulate(cfg, mode=mode, seed=args.seed)
+        s.pop("after_drain", None)
+        summaries.append(s)
+    if args.json:
+        print(json.dumps(summaries if len(summaries) > 1 else summaries[0], default=str))
+    else:
+        print_summary(summaries, Console())
+    return EXIT_OK
+
+
+# -- dialer plugins -----------------------------------------------------------------------
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from engine.pacing import available_pacers
+    from engine.plugins import make_plugin_manager
+
+    modules = _load(args.campaign).campaign.plugins if args.campaign else []
+    pm = make_plugin_manager(modules)
+    dist_of = {id(p): d for p, d in pm.list_plugin_distinfo()}
+    print("plugins:")
+    for name, plugin in pm.list_name_plugin():
+        if name is None or plugin is None:
+            continue
+        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+        dist = dist_of.get(id(plugin))
+        origin = f"{dist.project_name} {dist.version}" if dist else getattr(plugin, "__file__", "campaign config")
+        print(f"  {name}  ({origin})\n    hooks: {', '.join(hooks) or '-'}")
+    print("pacers:")
+    for name, factory in sorted(available_pacers().items()):
+        where = factory.value if hasattr(factory, "value") else f"{factory.__module__}.{factory.__qualname__}"
+        print(f"  {name}  ({where})")
+    return EXIT_OK
+
+
+# -- dialer pbx-emulator ------------------------------------------------------------------
+
+
+def cmd_pbx_emulator(args: argparse.Namespace) -> int:
+    from simulations import ami_emulator
+
+    return int(ami_emulator.main(args.rest) or 0)
+
+
+# -- entry --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dialer", description="Outbound dialer engine: run campaigns, simulate "
+                                "pacing, check configurations.")
+    p.add_argument("--log-level", default="warning", help="debug, info, warning or error (default: warning)")
+    p.add_argument("--log-json", action="store_true", help="JSON log lines even in a terminal")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run a campaign to the end and print its KPIs",
+                       description="Run a campaign. With backend \"sim\" the PBX, customers and agents are "
+                       "simulated (virtual time unless --realtime). Shows live figures on stderr; writes "
+                       "one result row per attempt (CSV/JSONL) and prints the KPI summary. SIGINT/SIGTERM "
+                       "stop dialling, let calls in flight finish and record the rest as interrupted.")
+    r.add_argument("campaign", help="campaign TOML file")
+    r.add_argument("--leads", help="CSV with a 'phone' column (optional: lead_id, tier, score, timezone, tags, "
+                   "consent_source); without it, [simulation] leads are generated")
+    r.add_argument("--results", help="directory for the results files (default: [results] dir)")
+    r.add_argument("--realtime", action="store_true", help="run the simulated PBX at wall-clock speed")
+    r.add_argument("--until", type=float, help="stop after this many seconds (loop time)")
+    r.add_argument("--node-id", default="node-1", help="this engine node's id (several nodes share a Redis store)")
+    r.add_argument("--quiet", action="store_true", help="no live status")
+    r.add_argument("--json", action="store_true", help="print the summary as JSON")
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("simulate", help="run a scenario in virtual time and print KPIs",
+                       description="Run the real engine on simulated customers and agents in virtual time "
+                       "and print occupancy, talk minutes per agent hour, abandon rate, calls and contacts.")
+    s.add_argument("scenario", help="scenario TOML file (a campaign with a [simulation] section)")
+    s.add_argument("--mode", help="pacer to use instead of campaign.mode")
+    s.add_argument("--compare", help="comma-separated pacers to run on the same scenario and seed, "
+                   "e.g. progressive,predictive")
+    s.add_argument("--seed", type=int, help="random seed (default: [simulation] seed)")
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    s.set_defaults(func=cmd_simulate)
+
+    c = sub.add_parser("check", help="validate a campaign file", description="Validate a campaign file and "
+                       "its plugins; prints every problem with file, line, key and reason.")
+    c.add_argument("campaign")
+    c.set_defaults(func=cmd_check)
+
+    pl = sub.add_parser("plugins", help="list plugins, the hooks each implements, and pacers")
+    pl.add_argument("--campaign", help="also load the plugins this campaign names")
+    pl.set_defaults(func=cmd_plugins)
+
+    e = sub.add_parser("pbx-emulator", help="start the AMI-speaking PBX emulator (see its --help)",
+                       add_help=False)
+    e.add_argument("rest", nargs=argparse.REMAINDER)
+    e.set_defaults(func=cmd_pbx_emulator)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.configure(args.log_level, json=True if args.log_json else None)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as exc:
+        from engine.leads import LeadFileError
+        from engine.plugins import PluginError
+
+        if isinstance(exc, LeadFileError | PluginError):
+            print(str(exc), file=sys.stderr)
+            return EXIT_BAD_INPUT
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""Campaign configuration: TOML files validated on load.
+
+An operator's typo must never turn into a silently different campaign, so an
+unknown key, a wrong type or an impossible value is refused with the file, the
+line when it can be found, the key and the reason. Legal floors (ring at least
+15 s, abandon target at most a few percent) are enforced here, before anything
+dials.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from engine.compliance_config import ComplianceSection, HoursSection
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m|h|d)?\s*$")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``90``, ``"90s"``, ``"2m"``, ``"1.5h"``, ``"30d"``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30, \"30s\", \"5m\", \"2h\" or \"30d\"")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+        if value.strip().startswith("-"):
+            raise ValueError(f"{value!r} is negative; a duration must be zero or more")
+    raise ValueError(f"{value!r} is not a duration such as 30, \"30s\", \"5m\", \"2h\" or \"30d\"")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class CampaignSection(_Section):
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    name: str = ""
+    mode: str = "predictive"
+    backend: Literal["sim", "asterisk"] = "sim"
+    store: Literal["memory", "redis"] = "memory"
+    timezone: str = "UTC"
+    caller_id: str = "Dialer <0000000000>"
+    plugins: list[str] = Field(default_factory=list)
+    default_region: str = "US"
+
+
+class PacingSection(_Section):
+    connect_limit: Duration = Field(default=2.0, gt=0, le=10)
+    ring_timeout: Duration = Field(default=25.0, ge=15, le=120)
+    interval: Duration = Field(default=1.0, gt=0, le=60)
+    max_dial_ratio: float = Field(default=4.0, ge=1, le=20)
+    lease: Duration = Field(default=300.0, gt=0)
+    preview_timeout: Duration = Field(default=60.0, gt=0)
+    initial_answer_rate: float = Field(default=0.25, gt=0, le=1)
+    drain_timeout: Duration = Field(default=600.0, ge=0)
+
+
+class AbandonSection(_Section):
+    target: float = Field(default=3.0, gt=0, le=5, description="percent of live answers")
+    windows: list[Duration] = Field(default_factory=lambda: [30 * 86400.0])
+    count_amd_false_positives: bool = False
+    amd_false_positive_rate: float = Field(default=0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _windows(self) -> AbandonSection:
+        if not self.windows:
+            raise ValueError("windows: at least one window is required (e.g. [\"30d\"])")
+        for w in self.windows:
+            if not 3600 <= w <= 31 * 86400:
+                raise ValueError(f"windows: {w:g} s is outside 1 h to 31 days")
+        return self
+
+
+class AmdSection(_Section):
+    enabled: bool = False
+    machine_action: Literal["hangup", "connect"] = "hangup"
+
+
+class RetrySection(_Section):
+    max_attempts: int = Field(default=4, ge=1, le=50)
+    busy: Duration = Field(default=900.0, ge=0)
+    no_answer: Duration = Field(default=7200.0, ge=0)
+    machine: Duration = Field(default=14400.0, ge=0)
+    congestion: Duration = Field(default=300.0, ge=0)
+    failed: Duration = Field(default=3600.0, ge=0)
+    rejected: Duration = Field(default=86400.0, ge=0)
+    abandoned: Duration = Field(default=259200.0, ge=0)
+    customer_hangup: Duration = Field(default=86400.0, ge=0)
+    interrupted: Duration = Field(default=600.0, ge=0)
+    unknown: Duration = Field(default=3600.0, ge=0)
+    skipped: Duration = Field(default=3600.0, ge=0)
+
+
+class CapsSection(_Section):
+    per_day: int = Field(default=2, ge=1)
+    per_24h: int = Field(default=3, ge=1)
+    lifetime: int = Field(default=10, ge=1)
+
+
+class Disposition(_Section):
+    final: bool = False
+    retry_after: Duration | None = None
+    dnc: bool = False
+    success: bool = False
+
+
+def _default_dispositions() -> dict[str, Disposition]:
+    return {
+        "sale": Disposition(final=True, success=True),
+        "callback": Disposition(retry_after=86400.0),
+        "not_interested": Disposition(final=True),
+        "refused": Disposition(final=True, dnc=True),
+        "dnc_request": Disposition(final=True, dnc=True),
+        "wrong_number": Disposition(final=True),
+        "answering_machine": Disposition(retry_after=14400.0),
+    }
+
+
+class ResultsSection(_Section):
+    dir: str = "results"
+    formats: list[Literal["csv", "jsonl"]] = Field(default_factory=lambda: ["csv", "jsonl"])
+
+
+class CustomerModel(_Section):
+    """Simulated called parties (used only by the ``sim`` backend and the simulator)."""
+
+    answer_rate: float = Field(default=0.25, ge=0, le=1)
+    machine_rate: float = Field(default=0.0, ge=0, le=1)
+    busy_rate: float = Field(default=0.05, ge=0, le=1)
+    failed_rate: float = Field(default=0.01, ge=0, le=1)
+    invalid_rate: float = Field(default=0.005, ge=0, le=1)
+    ring_mean: Duration = Field(default=8.0, gt=0)
+    ring_shape: float = Field(default=4.0, gt=0)
+    talk_mean: Duration = Field(default=120.0, gt=0)
+    talk_distribution: Literal["exponential", "lognormal"] = "exponential"
+    talk_sigma: float = Field(default=0.8, gt=0)
+    machine_message: Duration = Field(default=20.0, gt=0)
+    patience: Duration = Field(default=6.0, gt=0)
+    amd_accuracy: float = Field(default=0.9, ge=0, le=1)
+    amd_false_positive: float = Field(default=0.02, ge=0, le=1)
+    sale_rate: float = Field(default=0.1, ge=0, le=1)
+    refusal_rate: float = Field(default=0.02, ge=0, le=1)
+    callback_rate: float = Field(default=0.1, ge=0, le=1)
+
+
+class AgentModel(_Section):
+    """Simulated agents."""
+
+    wrap_mean: Duration = Field(default=15.0, ge=0)
+    wrap_fixed: bool = True
+    think_mean: Duration = Field(default=8.0, ge=0)
+    skip_rate: float = Field(default=0.05, ge=0, le=1)
+
+
+class SimulationSection(_Section):
+    agents: int = Field(default=10, ge=1, le=10000)
+    leads: int = Field(default=3000, ge=0)
+    seed: int = 1
+    duration: Duration = Field(default=8 * 3600.0, gt=0)
+    start: datetime = datetime(2026, 1, 5, 9, 0)
+    customers: CustomerModel = CustomerModel()
+    agent: AgentModel = AgentModel()
+
+
+class AsteriskServer(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=5038, ge=1, le=65535)
+    username: str = "dialer"
+    secret_env: str = "DIALER_AMI_SECRET"
+    secret_file: str | None = None
+
+
+class AsteriskSection(_Section):
+    servers: list[AsteriskServer] = Field(default_factory=lambda: [AsteriskServer()])
+    customer_context: str = "dialer-customer"
+    agent_context: str = "dialer-agent"
+    abandon_context: str = "dialer-abandon"
+    trunk: str = "PJSIP/{number}@trunk"
+    action_timeout: Duration = Field(default=5.0, gt=0)
+    ping_interval: Duration = Field(default=10.0, gt=0)
+
+
+class RedisSection(_Section):
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = Field(default="dialer", pattern=r"^[A-Za-z0-9_.:-]+$")
+
+
+class CampaignConfig(_Section):
+    campaign: CampaignSection
+    pacing: PacingSection = PacingSection()
+    abandon: AbandonSection = AbandonSection()
+    amd: AmdSection = AmdSection()
+    retry: RetrySection = RetrySection()
+    caps: CapsSection = CapsSection()
+    hours: HoursSection = HoursSection()
+    compliance: ComplianceSection = ComplianceSection()
+    dispositions: dict[str, Disposition] = Field(default_factory=_default_dispositions)
+    results: ResultsSection = ResultsSection()
+    simulation: SimulationSection | None = None
+    asterisk: AsteriskSection = AsteriskSection()
+    redis: RedisSection = RedisSection()
+
+    @property
+    def id(self) -> str:
+        return self.campaign.id
+
+
+class ConfigError(Exception):
+    """A campaign file that must not be run; the message names file, line, key and reason."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__("\n".join(f"{path}:{p}" if p[:1].isdigit() else f"{path}: {p}" for p in problems))
+
+
+def _find_line(text: str, loc: tuple[Any, ...]) -> int | None:
+    """Best-effort line of ``loc``'s last key inside its TOML table (tomllib keeps no positions)."""
+    keys = [str(k) for k in loc if not isinstance(k, int)]
+    if not keys:
+        return None
+    table, key, current = ".".join(keys[:-1]), keys[-1], ""
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        m = re.match(r"^\[\[?\s*([^\]]+?)\s*\]\]?", line)
+        if m:
+            current = m.group(1)
+            if current == ".".join(keys):
+                return lineno
+            continue
+        if current == table and re.match(rf"^\"?{re.escape(key)}\"?\s*=", line):
+            return lineno
+    return None
+
+
+def _describe(err: dict[str, Any], text: str) -> str:
+    loc = tuple(err.get("loc", ()))
+    key = ".".join(str(k) for k in loc) or "(top level)"
+    kind, msg = err.get("type", ""), err.get("msg", "")
+    if kind == "extra_forbidden":
+        msg = "unknown key"
+    elif kind == "missing":
+        msg = "required key is missing"
+    elif kind.startswith("value_error"):
+        msg = msg.removeprefix("Value error, ")
+    if "input" in err and kind not in ("missing", "extra_forbidden"):
+        msg = f"{msg} (got {err['input']!r})"
+    line = _find_line(text, loc)
+    return f"{line}: {key}: {msg}" if line else f"{key}: {msg}"
+
+
+def load_campaign(path: str | Path, known_modes: set[str] | None = None) -> CampaignConfig:
+    """Read and validate a campaign (or scenario) file; raise ConfigError naming every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [f"not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
+    return campaign_from_dict(data, source=str(path), text=text, known_modes=known_modes)
+
+
+def campaign_from_dict(data: dict[str, Any], *, source: str = "<config>", text: str = "",
+                       known_modes: set[str] | None = None) -> CampaignConfig:
+    try:
+        cfg = CampaignConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(e, text) for e in exc.errors()]) from None
+    problems = []
+    if known_modes is not None and cfg.campaign.mode not in known_modes:
+        line = _find_line(text, ("campaign", "mode"))
+        where = f"{line}: " if line else ""
+        problems.append(
+            f"{where}campaign.mode: unknown pacer {cfg.campaign.mode!r} "
+            f"(available: {', '.join(sorted(known_modes))})"
+        )
+    try:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(cfg.campaign.timezone)
+    except Exception:
+        line = _find_line(text, ("campaign", "timezone"))
+        where = f"{line}: " if line else ""
+        problems.append(f"{where}campaign.timezone: unknown time zone {cfg.campaign.timezone!r}")
+    if cfg.caps.lifetime < cfg.retry.max_attempts:
+        problems.append(
+            f"caps.lifetime: {cfg.caps.lifetime} is below retry.max_attempts {cfg.retry.max_attempts}"
+        )
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg

@@ -1,0 +1,25 @@
+"""The agent desk: what the engine asks of the people taking calls.
+
+In production this is the agent application (screen-pop, preview go/skip,
+disposition entry); in simulations it is a model of agents. The engine only
+needs three things from it: log agents in and out over the shift, say go or
+skip on a previewed lead, and give a disposition at the end of wrap-up.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from engine.agents import AgentPool
+from engine.models import Agent, Alert, CallAttempt, Lead
+
+
+class AgentDesk(Protocol):
+    async def run(self, pool: AgentPool) -> None:
+        """Drive logins, breaks and logouts for the whole shift; cancelled when the campaign stops."""
+
+    async def preview(self, agent: Agent, lead: Lead, alerts: tuple[Alert, ...]) -> bool:
+        """Show the lead to the agent; True to dial it now, False to skip it."""
+
+    async def wrap_up(self, agent: Agent, call: CallAttempt) -> str | None:
+        """Return when the agent has finished after-call work, with their disposition (or None)."""

@@ -1,0 +1,566 @@
+"""The dialer: one campaign, every call from lead to result, top to bottom.
+
+The flow of one call (see ``Dialer._call``):
+
+1. lead supply — the pacer's decision is turned into leads claimed from the store;
+2. pre-dial gate — the lead's context in one round trip, compliance hooks (fail
+   closed), risk alerts; in preview mode the agent sees the lead and says go;
+3. reservation — atomic in the store, before anything is dialled;
+4. originate — through the PBX backend, whose events drive the call state machine;
+5. connect or abandon — a live answer gets an agent within the connect limit,
+   or the recorded message;
+6. after the call — wrap-up and disposition, result recorded, lead rescheduled,
+   after-call hooks.
+
+One ``asyncio.TaskGroup`` owns every task: the pacing loop, the agent desk and
+one task per call. Stopping is ordered: no new dials, a bounded drain of the
+calls in flight, then whatever is left is hung up and recorded as interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pluggy
+import structlog
+
+from engine.agents import AgentPool
+from engine.calls import advance, final_outcome
+from engine.clock import Clock, iso
+from engine.config import CampaignConfig
+from engine.desk import AgentDesk
+from engine.kpi import Counters, summarize
+from engine.models import (
+    Agent,
+    AgentState,
+    AnswerKind,
+    CallAttempt,
+    CallResult,
+    CallState,
+    Lead,
+    Outcome,
+    Veto,
+    mask_phone,
+)
+from engine.pacing import AbandonController, Estimates, Pacer, Snapshot, make_pacer
+from engine.pbx.base import Abandoned, Answered, CallEvent, Connected, Ended, PbxBackend, PbxError, Ringing
+from engine.plugins import Gate, await_maybe
+from engine.results import ResultWriter
+from engine.retry import next_attempt_at
+from engine.store.base import AbandonCounts, Caps, Store
+
+MAX_CALL_S = 4 * 3600.0  # a connected call with no end event this long is presumed lost
+EVENT_GRACE_S = 30.0  # how late the PBX may be with an outcome before the call is presumed lost
+
+
+@functools.lru_cache(maxsize=512)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+class Dialer:
+    """Runs one campaign against one PBX backend and one store."""
+
+    def __init__(self, cfg: CampaignConfig, *, store: Store, pbx: PbxBackend, desk: AgentDesk,
+                 agents: list[Agent], plugins: pluggy.PluginManager, clock: Clock,
+                 pacer: Pacer | None = None, results: ResultWriter | None = None, node_id: str = "node-1",
+                 drain_timeout: float | None = None) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.pbx = pbx
+        self.desk = desk
+        self.clock = clock
+        self.plugins = plugins
+        self.results = results
+        self.node_id = node_id
+        self.pacer = pacer or make_pacer(cfg.campaign.mode)
+        self.log = structlog.get_logger("engine.dialer").bind(campaign=cfg.id, node=node_id)
+        self.gate = Gate(plugins, cfg)
+        p = cfg.pacing
+        self.caps = Caps(per_day=cfg.caps.per_day, per_24h=cfg.caps.per_24h, lifetime=cfg.caps.lifetime,
+                         lock_s=p.ring_timeout + MAX_CALL_S)
+        self.estimates = Estimates(answer_rate=p.initial_answer_rate, ring_timeout=p.ring_timeout)
+        self.controller = AbandonController(cfg.abandon.target / 100.0, cfg.abandon.windows)
+        self.counters = Counters()
+        self.drain_timeout = drain_timeout if drain_timeout is not None else p.drain_timeout
+        self._loop = asyncio.get_running_loop()
+        self.pool = AgentPool(agents, self._loop.time, on_ready=self.nudge)
+        self.calls: dict[str, CallAttempt] = {}
+        self._events: dict[str, asyncio.Queue[CallEvent]] = {}
+        self._unanswered: dict[str, float] = {}  # call id -> loop time it was started
+        self._waiting_agent = 0  # live answers waiting for an agent
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._recorded: set[str] = set()  # calls whose result is being or has been recorded
+        self._agent_waits: dict[str, asyncio.Future[Agent | None]] = {}
+        self._gave_up: set[str] = set()  # hung up while waiting for an agent
+        self._tg: asyncio.TaskGroup | None = None
+        self._ids = itertools.count(1)
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._stopping = False
+        self._window_counts: list[AbandonCounts] = [AbandonCounts(0, 0) for _ in cfg.abandon.windows]
+        self._counts_at = -1e18
+        self._since_refresh = [0, 0]  # live, abandoned since the store counts were read
+        self._since_observe = [0, 0]
+        self._exhausted_check_at = -1e18
+        self.started_at = 0.0
+        self.summary: dict[str, Any] = {}
+
+    # -- control ------------------------------------------------------------------------
+
+    def nudge(self) -> None:
+        """Something changed that may allow new dials (an agent freed, a call ended)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop dialling and drain: idempotent, safe from a signal handler."""
+        self._stop.set()
+
+    async def run(self, until: float | None = None) -> dict[str, Any]:
+        """Run the campaign until its leads are exhausted, ``until`` loop seconds pass, or ``stop()``."""
+        self.started_at = self._loop.time()
+        await self.pbx.start(self._on_event)
+        for agent_id in self.pool.agents:
+            await self.pbx.agent_login(agent_id)
+        for r in self.plugins.hook.dialer_campaign_start(campaign=self.cfg, store=self.store):
+            await await_maybe(r)
+        timer = self._loop.call_later(until, self.stop) if until is not None else None
+        self.log.info("campaign started", mode=self.pacer.name, agents=len(self.pool.agents))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                pacing = tg.create_task(self._pace_loop(), name="pacing")
+                desk = tg.create_task(self.desk.run(self.pool), name="agent-desk")
+                await self._stop.wait()
+                # 1. no new dials
+                self._stopping = True
+                pacing.cancel()
+                self.summary = self._summarize()  # the shift's figures, before the drain
+                # 2. bounded drain of the calls in flight
+                if self._tasks:
+                    self._idle.clear()
+                    try:
+                        async with asyncio.timeout(self.drain_timeout):
+                            await self._idle.wait()
+                    except TimeoutError:
+                        # 3. hang up and record what is left as interrupted
+                        self.log.warning("drain timed out; interrupting calls", calls=len(self._tasks))
+                        for task in list(self._tasks):
+                            task.cancel()
+                desk.cancel()
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if self.results is not None:
+                self.results.close()
+            await self.pbx.close()
+        self.summary = {**self.summary, "after_drain": self._summarize()}
+        for r in self.plugins.hook.dialer_campaign_end(campaign=self.cfg, summary=self.summary):
+            await await_maybe(r)
+        self.log.info("campaign stopped", dials=self.counters.dials, abandoned=self.counters.abandoned)
+        return self.summary
+
+    # -- 1. lead supply and pacing --------------------------------------------------------
+
+    async def _pace_loop(self) -> None:
+        interval = self.cfg.pacing.interval
+        while True:
+            self._wake.clear()
+            await self._pace_once()
+            try:
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    def snapshot(self) -> Snapshot:
+        now = self._loop.time()
+        pool, p = self.pool, self.cfg.pacing
+        return Snapshot(
+            now=now,
+            ready=pool.count(AgentState.READY),
+            on_call=pool.elapsed(AgentState.ON_CALL),
+            wrap_up=pool.elapsed(AgentState.WRAP_UP),
+            previewing=pool.count(AgentState.PREVIEWING),
+            paused=pool.count(AgentState.PAUSED),
+            ringing=tuple(now - t for t in self._unanswered.values()),
+            waiting=self._waiting_agent,
+            estimates=self.estimates,
+            allowance=self.controller.allowance,
+            connect_limit=p.connect_limit,
+            ring_timeout=p.ring_timeout,
+            max_dial_ratio=p.max_dial_ratio,
+        )
+
+    async def _pace_once(self) -> None:
+        await self._observe_abandons()
+        decision = self.pacer.decide(self.snapshot())
+        wanted = decision.dials + decision.previews
+        if wanted <= 0:
+            return
+        wall = self.clock.now()
+        leads = await self.store.claim_leads(self.cfg.id, wanted, now=wall, node_id=self.node_id,
+                                             lease_s=self.cfg.pacing.lease)
+        for i, lead in enumerate(leads):
+            agent = None
+            if i < decision.previews:
+                agent = self.pool.start_preview()
+                if agent is None:
+                    await self.store.release_lead(lead, now=wall, next_eligible=wall)
+                    continue
+            self._spawn(lead, agent)
+        if len(leads) < wanted and not self._tasks:
+            await self._check_exhausted()
+
+    async def _check_exhausted(self) -> None:
+        now = self._loop.time()
+        if now - self._exhausted_check_at < 30.0:
+            return
+        self._exhausted_check_at = now
+        if await self.store.next_eligible_at(self.cfg.id) is None:
+            self.log.info("no lead left to dial")
+            self.stop()
+
+    async def _observe_abandons(self) -> None:
+        """Keep the controller fed: campaign-wide window counts from the store, local counts in between."""
+        now = self._loop.time()
+        if now - self._counts_at >= 30.0:
+            wall = self.clock.now()
+            self._window_counts = [
+                await self.store.abandon_counts(self.cfg.id, since=wall - w, now=wall)
+                for w in self.cfg.abandon.windows
+            ]
+            self._counts_at = now
+            self._since_refresh = [0, 0]
+        live, abandoned = self._since_refresh
+        counts = [AbandonCounts(c.abandoned + abandoned, c.live + live) for c in self._window_counts]
+        self.controller.observe(self._since_observe[0], self._since_observe[1], counts)
+        self._since_observe = [0, 0]
+
+    def _spawn(self, lead: Lead, agent: Agent | None) -> None:
+        assert self._tg is not None
+        call = CallAttempt(call_id=f"{self.cfg.id}-{self.node_id}-{next(self._ids)}", lead=lead,
+                           campaign_id=self.cfg.id, attempt_no=lead.attempts + 1,
+                           created_at=self._loop.time())
+        self._unanswered[call.call_id] = call.created_at  # counted as in flight from now on
+        task = self._tg.create_task(self._call(call, agent), name=call.call_id)
+        self._tasks.add(task)
+        task.add_done_callback(self._call_done)
+
+    def _call_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not self._tasks:
+            self._idle.set()
+
+    # -- the flow of one call ------------------------------------------------------------
+
+    async def _call(self, call: CallAttempt, agent: Agent | None) -> None:
+        log = self.log.bind(call_id=call.call_id, lead_id=call.lead.lead_id)
+        try:
+            # 2. pre-dial gate
+            wall = self.clock.now()
+            day_key = self._day_key(call.lead, wall)
+            ctx = await self.store.dial_context(call.lead, now=wall, day_key=day_key)
+            veto = await self.gate.check(ctx)
+            if veto is None:
+                call.alerts = await self.gate.alerts(ctx)
+                if agent is not None and not await self._preview(agent, call):
+                    return
+            if veto is None and self._stopping:
+                veto = Veto("shutdown", "campaign stopping before the dial", retry_at=wall)
+            # 3. reservation
+            if veto is None:
+                res = await self.store.reserve_attempt(call, now=wall, day_key=day_key, caps=self.caps,
+                                                       node_id=self.node_id)
+                if not res.ok:
+                    veto = Veto(res.rule, res.reason, retry_at=None if res.rule == "dnc" else wall + 3600)
+            if veto is not None:
+                await self._blocked(call, veto, agent, log)
+                return
+            # 4. originate
+            events: asyncio.Queue[CallEvent] = asyncio.Queue()
+            self._events[call.call_id] = events
+            self.calls[call.call_id] = call
+            call.wall_started = datetime.fromtimestamp(wall, UTC)
+            call.dialed_at = self._loop.time()
+            advance(call, CallState.ORIGINATING, call.dialed_at)
+            self.counters.dials += 1
+            try:
+                await self.pbx.originate(call, ring_timeout=self.cfg.pacing.ring_timeout,
+                                         caller_id=self.cfg.campaign.caller_id)
+            except PbxError as exc:
+                log.warning("originate failed", error=str(exc))
+                events.put_nowait(Ended(call.call_id, 0, "failed"))
+            # 5. connect or abandon, until the customer leg ends
+            agent = await self._follow(call, events, agent, log)
+            # 6. after the call
+            if agent is not None:
+                await self._wrap_up(agent, call)
+            await self._record(call, log)
+        except asyncio.CancelledError:
+            if call.call_id not in self._recorded:
+                await self._interrupted(call, agent, log)
+            raise
+        except Exception:
+            self.counters.errors += 1
+            log.exception("call handling failed")
+            if call.call_id not in self._recorded:
+                await self._interrupted(call, agent, log, outcome=Outcome.UNKNOWN)
+        finally:
+            self._unanswered.pop(call.call_id, None)
+            self._events.pop(call.call_id, None)
+            self.calls.pop(call.call_id, None)
+            self._recorded.discard(call.call_id)
+            self._gave_up.discard(call.call_id)
+            self.nudge()
+
+    async def _preview(self, agent: Agent, call: CallAttempt) -> bool:
+        """Preview mode: the agent sees the lead and decides; False when they skip it."""
+        try:
+            async with asyncio.timeout(self.cfg.pacing.preview_timeout):
+                go = await self.desk.preview(agent, call.lead, call.alerts)
+        except TimeoutError:
+            go = False
+        if not go:
+            self.counters.skipped += 1
+            self.pool.end_preview(agent)
+            wall = self.clock.now()
+            await self.store.release_lead(call.lead, now=wall, next_eligible=wall + self.cfg.retry.skipped)
+        return go
+
+    async def _blocked(self, call: CallAttempt, veto: Veto, agent: Agent | None, log: Any) -> None:
+        wall = self.clock.now()
+        if veto.rule != "shutdown":
+            self.counters.blocked += 1
+            log.info("dial blocked", rule=veto.rule, reason=veto.reason)
+            await self.store.record_block(self.cfg.id, call.lead, veto, now=wall)
+        await self.store.release_lead(call.lead, now=wall, next_eligible=veto.retry_at)
+        if agent is not None:
+            self.pool.end_preview(agent)
+
+    async def _follow(self, call: CallAttempt, events: asyncio.Queue[CallEvent], agent: Agent | None,
+                      log: Any) -> Agent | None:
+        """Drive the call state machine from PBX events; returns the agent who talked, if any."""
+        while call.state != CallState.ENDED:
+            ev = await self._next_event(call, events, log)
+            now = self._loop.time()
+            if isinstance(ev, Ringing):
+                if call.state == CallState.ORIGINATING:
+                    advance(call, CallState.RINGING, now)
+            elif isinstance(ev, Answered):
+                if call.state not in (CallState.ORIGINATING, CallState.RINGING):
+                    continue  # a duplicate answer (e.g. AMD after the answer) changes nothing
+                self._unanswered.pop(call.call_id, None)
+                call.answer_kind = ev.kind
+                self.counters.answered += 1
+                machine = ev.kind == AnswerKind.MACHINE
+                drop = machine and self.cfg.amd.enabled and self.cfg.amd.machine_action == "hangup"
+                self.estimates.answer.add(not drop)
+                if not drop:
+                    self.estimates.ring.add(now - (call.dialed_at or now))
+                if drop:
+                    advance(call, CallState.ANSWERED_MACHINE, now)
+                    await self._pbx_quietly(self.pbx.hangup(call.call_id), log, "hangup")
+                    continue
+                advance(call, CallState.ANSWERED_MACHINE if machine else CallState.ANSWERED_HUMAN, now)
+                if agent is not None:
+                    self.pool.to_call(agent)  # preview: the agent who dialled takes it
+                else:
+                    agent = await self._agent_within_limit(call)
+                if agent is None and call.call_id in self._gave_up:
+                    continue  # hung up while waiting: the end event is already queued
+                if agent is None and machine:
+                    await self._pbx_quietly(self.pbx.hangup(call.call_id), log, "hangup")
+                elif agent is None:
+                    advance(call, CallState.ABANDONED, self._loop.time())
+                    await self._pbx_quietly(self.pbx.abandon(call.call_id), log, "abandon")
+                else:
+                    call.agent_id = agent.agent_id
+                    agent.call_id = call.call_id
+                    await self._pbx_quietly(self.pbx.connect(call.call_id, agent.agent_id), log, "connect")
+            elif isinstance(ev, Connected):
+                if call.state in (CallState.ANSWERED_HUMAN, CallState.ANSWERED_MACHINE):
+                    advance(call, CallState.CONNECTED, now)
+            elif isinstance(ev, Abandoned):
+                pass  # the message is playing; the end event follows
+            elif isinstance(ev, Ended):
+                last = call.state
+                advance(call, CallState.ENDED, now)
+                call.cause = ev.cause
+                call.outcome = final_outcome(call, last, ev.cause, ev.reason)
+                if last in (CallState.ORIGINATING, CallState.RINGING) and ev.reason != "unknown":
+                    self.estimates.answer.add(False)
+                self._count_end(call)
+        if agent is not None and call.connected_at is None:
+            # Answered but never bridged (hung up first), or a preview call never answered.
+            self.pool.return_unused(agent)
+            agent.call_id = None
+            return None
+        return agent
+
+    async def _agent_within_limit(self, call: CallAttempt) -> Agent | None:
+        """A free agent within the connect limit, or None; gives up early if the customer hangs up."""
+        waiter: asyncio.Future[Agent | None] = self._loop.create_future()
+        self._agent_waits[call.call_id] = waiter
+        self._waiting_agent += 1
+        try:
+            return await self.pool.acquire(self.cfg.pacing.connect_limit, waiter)
+        finally:
+            self._waiting_agent -= 1
+            self._agent_waits.pop(call.call_id, None)
+
+    async def _next_event(self, call: CallAttempt, events: asyncio.Queue[CallEvent], log: Any) -> CallEvent:
+        if call.state in (CallState.ORIGINATING, CallState.RINGING):
+            limit = self.cfg.pacing.ring_timeout + EVENT_GRACE_S
+        elif call.state in (CallState.ANSWERED_HUMAN, CallState.ANSWERED_MACHINE, CallState.ABANDONED):
+            limit = self.cfg.pacing.connect_limit + 120.0 + EVENT_GRACE_S
+        else:
+            limit = MAX_CALL_S
+        try:
+            async with asyncio.timeout(limit):
+                return await events.get()
+        except TimeoutError:
+            log.warning("no end event from the PBX; call presumed lost", state=call.state.value)
+            await self._pbx_quietly(self.pbx.hangup(call.call_id), log, "hangup")
+            return Ended(call.call_id, 0, "unknown")
+
+    async def _pbx_quietly(self, action: Any, log: Any, what: str) -> None:
+        """A PBX command whose failure the call's own events will reveal (e.g. the channel is gone)."""
+        try:
+            await action
+        except PbxError as exc:
+            log.warning("pbx action failed", action=what, error=str(exc))
+
+    def _count_end(self, call: CallAttempt) -> None:
+        outcome = call.outcome
+        assert outcome is not None
+        if outcome.live:
+            self.counters.live += 1
+            self._since_refresh[0] += 1
+            self._since_observe[0] += 1
+        if outcome == Outcome.ABANDONED:
+            self.counters.abandoned += 1
+            self._since_refresh[1] += 1
+            self._since_observe[1] += 1
+        elif outcome == Outcome.CONNECTED:
+            self.counters.connected += 1
+        elif outcome == Outcome.MACHINE:
+            self.counters.machines += 1
+        if call.connected_at is not None and call.ended_at is not None:
+            talk = call.ended_at - call.connected_at
+            self.counters.talk_s += talk
+            self.estimates.talk.add(talk)
+
+    async def _wrap_up(self, agent: Agent, call: CallAttempt) -> None:
+        self.pool.to_wrap_up(agent)
+        started = self._loop.time()
+        try:
+            async with asyncio.timeout(3600.0):
+                call.disposition = await self.desk.wrap_up(agent, call)
+        except TimeoutError:
+            call.disposition = None
+        wrap = self._loop.time() - started
+        self.counters.wrap_s += wrap
+        self.estimates.wrap.add(wrap)
+        agent.call_id = None
+        agent.calls += 1
+        if agent.state == AgentState.WRAP_UP:
+            self.pool.make_ready(agent)
+
+    async def _record(self, call: CallAttempt, log: Any) -> None:
+        """Result appended, lead rescheduled or closed, DNC on request, after-call hooks."""
+        self._recorded.add(call.call_id)
+        outcome = call.outcome or Outcome.UNKNOWN
+        wall = self.clock.now()
+        result = self._result(call, outcome)
+        rule = self.cfg.dispositions.get(call.disposition or "")
+        next_at = next_attempt_at(self.cfg, outcome, call.disposition, call.lead.attempts + 1, wall)
+        await self.store.finish_attempt(call, result, now=wall, next_eligible=next_at,
+                                        abandoned=outcome == Outcome.ABANDONED, live=outcome.live,
+                                        invalid_number=outcome == Outcome.INVALID_NUMBER)
+        if rule is not None and rule.dnc:
+            await self.store.add_dnc([call.lead.phone])
+        if self.results is not None:
+            self.results.write(result.as_row())
+        log.debug("call recorded", outcome=outcome.value, disposition=call.disposition)
+        for r in self.plugins.hook.dialer_after_call(call=call, result=result, campaign=self.cfg,
+                                                     store=self.store):
+            try:
+                await await_maybe(r)
+            except Exception as exc:
+                log.error("after-call plugin failed", error=repr(exc))
+
+    async def _interrupted(self, call: CallAttempt, agent: Agent | None, log: Any,
+                           outcome: Outcome = Outcome.INTERRUPTED) -> None:
+        """Record a call cut short by shutdown (or a bug) so that nothing is lost or redialled blindly."""
+        wall = self.clock.now()
+        if call.state == CallState.RESERVED:
+            await self.store.release_lead(call.lead, now=wall, next_eligible=wall)
+            if agent is not None and agent.state == AgentState.PREVIEWING:
+                self.pool.end_preview(agent)
+            return
+        if call.state != CallState.ENDED:
+            try:
+                async with asyncio.timeout(2.0):
+                    await self.pbx.hangup(call.call_id)
+            except (PbxError, TimeoutError) as exc:
+                log.warning("hangup on interrupt failed", error=str(exc))
+            advance(call, CallState.ENDED, self._loop.time())
+            call.outcome = outcome
+        self.counters.interrupted += 1
+        if agent is not None and agent.state in (AgentState.ON_CALL, AgentState.PREVIEWING):
+            self.pool.to_wrap_up(agent)
+            self.pool.make_ready(agent)
+        await self._record(call, log)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _day_key(self, lead: Lead, wall: float) -> str:
+        zone = _zone(lead.timezone or self.cfg.campaign.timezone)
+        return datetime.fromtimestamp(wall, zone).date().isoformat()
+
+    def _result(self, call: CallAttempt, outcome: Outcome) -> CallResult:
+        def span(a: float | None, b: float | None) -> float | None:
+            return round(b - a, 3) if a is not None and b is not None else None
+
+        return CallResult(
+            call_id=call.call_id,
+            campaign_id=call.campaign_id,
+            lead_id=call.lead.lead_id,
+            attempt_no=call.attempt_no,
+            outcome=outcome,
+            cause=call.cause,
+            disposition=call.disposition,
+            agent_id=call.agent_id,
+            answer_kind=call.answer_kind.value if call.answer_kind else None,
+            started=iso(call.wall_started.timestamp()) if call.wall_started else "",
+            ring_s=span(call.dialed_at, call.answered_at or call.ended_at),
+            wait_s=span(call.answered_at, call.connected_at or (call.ended_at if call.answered_at else None)),
+            talk_s=span(call.connected_at, call.ended_at),
+            phone_masked=mask_phone(call.lead.phone),
+        )
+
+    def _summarize(self) -> dict[str, Any]:
+        return summarize(self.counters, self.pool.totals(), len(self.pool.agents),
+                         self._loop.time() - self.started_at, {})
+
+    # -- PBX events ----------------------------------------------------------------------
+
+    def _on_event(self, ev: CallEvent) -> None:
+        """The backend's sink: route each event to its call; never raises."""
+        queue = self._events.get(ev.call_id)
+        if queue is not None:
+            queue.put_nowait(ev)
+            if isinstance(ev, Ended):
+                waiter = self._agent_waits.get(ev.call_id)
+                if waiter is not None and not waiter.done():
+                    self._gave_up.add(ev.call_id)
+                    waiter.set_result(None)
+        else:
+            self.log.debug("event for an unknown call", call_id=ev.call_id, kind=type(ev).__name__)

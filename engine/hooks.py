@@ -1,0 +1,115 @@
+"""The hook specifications: everything a dialer plugin can do, in one place.
+
+Plugins are ordinary Python modules or packages with functions (or objects
+with methods) marked ``@hookimpl`` and named like the specs below. They are
+found through the ``dialer.plugins`` entry-point group and through a
+campaign's ``campaign.plugins`` list. Hooks are called with keyword arguments
+only; an implementation may accept any subset of a spec's arguments, so new
+arguments never break old plugins.
+
+Any hook may return an awaitable instead of a value: the engine awaits it (so
+a plugin can do I/O), with the same meaning as a plain return value.
+
+Ordering: implementations run last-registered first; ``@hookimpl(tryfirst=True)``
+and ``trylast=True`` move one to the front or the back.
+
+Compatibility promise: within a major version, specs only gain optional
+arguments; a removed or renamed hook or argument is a major version bump.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from engine.config import CampaignConfig
+    from engine.models import Alert, CallAttempt, CallResult, Lead, Veto
+    from engine.store.base import DialContext, Store
+
+PROJECT = "dialer"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# -- campaign lifecycle ----------------------------------------------------------------
+
+
+@hookspec
+def dialer_campaign_start(campaign: CampaignConfig, store: Store) -> Awaitable[None] | None:
+    """Called once when a campaign starts on this node, before the first dial.
+
+    :param campaign: the validated campaign configuration.
+    :param store: the campaign store, for plugins that keep their own state in it.
+    :return: nothing (or an awaitable). An exception stops the campaign from starting.
+    """
+
+
+@hookspec
+def dialer_campaign_end(campaign: CampaignConfig, summary: dict[str, Any]) -> Awaitable[None] | None:
+    """Called once when a campaign stops on this node, after every call has been recorded.
+
+    :param campaign: the campaign configuration.
+    :param summary: the KPI summary of this run (``engine.kpi.summarize``).
+    """
+
+
+# -- lead ranking ----------------------------------------------------------------------
+
+
+@hookspec
+def dialer_rank_lead(lead: Lead, campaign: CampaignConfig) -> float | Awaitable[float | None] | None:
+    """Called when a lead enters the store and again after each of its attempts.
+
+    :param lead: the lead, with its tags, attributes and attempt count.
+    :param campaign: the campaign configuration.
+    :return: an adjustment added to the lead's score (leads are dialled by tier,
+        then highest score first), or None for no opinion. All results are summed.
+    """
+
+
+# -- the pre-dial gate -------------------------------------------------------------------
+
+
+@hookspec
+def dialer_check_dial(ctx: DialContext, campaign: CampaignConfig) -> Veto | Awaitable[Veto | None] | None:
+    """Called before every dial, after the lead's context was loaded and before
+    the attempt is reserved. This is the compliance gate.
+
+    :param ctx: the lead and what the store knows about its number (attempts
+        today and in 24 h, DNC, invalid, last abandon, earlier results).
+    :param campaign: the campaign configuration.
+    :return: a ``Veto(rule, reason, retry_at)`` to block the dial, or None to allow
+        it. Any veto blocks. An exception (or an awaitable that fails) blocks too:
+        the gate fails closed, and the error is logged with the plugin's name.
+    """
+
+
+@hookspec
+def dialer_risk_alerts(ctx: DialContext, campaign: CampaignConfig) -> list[Alert] | Awaitable[list[Alert]] | None:
+    """Called before every dial that the gate allowed.
+
+    :param ctx: the same context the gate saw.
+    :param campaign: the campaign configuration.
+    :return: alerts to show the agent before the call is connected (screen-pop),
+        or None. All results are collected; a failing plugin's alerts are lost
+        but the call goes on (alerts inform, they do not gate).
+    """
+
+
+# -- after the call ----------------------------------------------------------------------
+
+
+@hookspec
+def dialer_after_call(call: CallAttempt, result: CallResult, campaign: CampaignConfig,
+                      store: Store) -> Awaitable[None] | None:
+    """Called once per attempt after its result was recorded and the lead rescheduled.
+
+    :param call: the attempt, with its state history, agent and disposition.
+    :param result: the row appended to the results.
+    :param campaign: the campaign configuration.
+    :param store: for follow-up actions (DNC on refusal, tags, follow-up tasks).
+    :return: nothing (or an awaitable). Exceptions are logged; the result stands.
+    """

@@ -1,0 +1,140 @@
+"""Distributions the engine learns online, per campaign, for the predictive pacer.
+
+Pacing needs the whole distributions, not the means: how likely a call that
+has rung for 12 s is to be answered in the next 5 s, how likely an agent 90 s
+into a call is to be free within 10 s. Each estimate starts from a prior (so
+the first minutes of a campaign are paced sensibly) and forgets old data
+geometrically (so a drifting answer rate is followed).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+class Histogram:
+    """An empirical distribution on a fixed grid, with a prior and exponential forgetting.
+
+    Forgetting is done by growing the weight of new observations instead of
+    decaying every bin on each one, so ``add`` is O(1).
+    """
+
+    __slots__ = ("_cdf", "_counts", "_gain", "_weight", "edges", "n", "step")
+
+    def __init__(self, step: float, top: float, prior: np.ndarray, prior_weight: float,
+                 memory: float) -> None:
+        self.step = step
+        self.edges = np.arange(0.0, top + step, step)
+        bins = len(self.edges) - 1
+        prior = np.asarray(prior, dtype=float)[:bins]
+        self._counts = prior / prior.sum() * prior_weight
+        self._gain = 1.0 / (1.0 - 1.0 / memory)
+        self._weight = 1.0
+        self._cdf: np.ndarray | None = None
+        self.n = 0
+
+    def add(self, value: float) -> None:
+        i = min(int(max(value, 0.0) / self.step), len(self._counts) - 1)
+        self._weight *= self._gain
+        self._counts[i] += self._weight
+        if self._weight > 1e12:
+            self._counts /= self._weight
+            self._weight = 1.0
+        self._cdf = None
+        self.n += 1
+
+    def cdf_grid(self) -> np.ndarray:
+        if self._cdf is None:
+            c = np.concatenate(([0.0], np.cumsum(self._counts)))
+            self._cdf = c / c[-1]
+        return self._cdf
+
+    def cdf(self, x: np.ndarray | float) -> np.ndarray:
+        return np.interp(x, self.edges, self.cdf_grid())
+
+    def survival(self, x: np.ndarray | float) -> np.ndarray:
+        return 1.0 - self.cdf(x)
+
+    def mean(self) -> float:
+        mids = (self.edges[:-1] + self.edges[1:]) / 2
+        return float((self._counts * mids).sum() / self._counts.sum())
+
+
+def exponential_prior(edges: np.ndarray, mean: float) -> np.ndarray:
+    c = 1.0 - np.exp(-edges / mean)
+    return np.diff(c) + 1e-12
+
+
+def gamma_prior(edges: np.ndarray, mean: float, shape: float = 4.0) -> np.ndarray:
+    """Gamma(shape, mean/shape) bin masses, from its CDF in closed form for integer shapes."""
+    k = max(1, round(shape))
+    x = edges / (mean / k)
+    cdf = 1.0 - np.exp(-x) * sum(x**i / math.factorial(i) for i in range(k))
+    return np.diff(cdf) + 1e-12
+
+
+def fixed_prior(edges: np.ndarray, value: float) -> np.ndarray:
+    p = np.full(len(edges) - 1, 1e-9)
+    p[min(int(value / (edges[1] - edges[0])), len(p) - 1)] = 1.0
+    return p
+
+
+class AnswerRate:
+    """Probability that a dial ends in an answer needing an agent (live, or unknown without AMD).
+
+    A Beta estimate with geometric forgetting: ``memory`` dials of effective history.
+    """
+
+    __slots__ = ("_a", "_b", "_decay", "n")
+
+    def __init__(self, prior: float, prior_weight: float = 30.0, memory: float = 600.0) -> None:
+        self._a = prior * prior_weight
+        self._b = (1.0 - prior) * prior_weight
+        self._decay = 1.0 - 1.0 / memory
+        self.n = 0
+
+    def add(self, answered: bool) -> None:
+        self._a = self._a * self._decay + (1.0 if answered else 0.0)
+        self._b = self._b * self._decay + (0.0 if answered else 1.0)
+        self.n += 1
+
+    @property
+    def p(self) -> float:
+        return self._a / (self._a + self._b)
+
+
+class Estimates:
+    """Everything learnt about one campaign's calls and agents."""
+
+    def __init__(self, *, answer_rate: float = 0.25, ring_mean: float = 8.0, talk_mean: float = 120.0,
+                 wrap_mean: float = 15.0, ring_timeout: float = 25.0) -> None:
+        ring_edges = np.arange(0.0, ring_timeout + 0.5 + 0.5, 0.5)
+        talk_edges = np.arange(0.0, 7200.0 + 2.0, 2.0)
+        wrap_edges = np.arange(0.0, 1800.0 + 1.0, 1.0)
+        self.answer = AnswerRate(answer_rate)
+        self.ring = Histogram(0.5, ring_timeout + 0.5, gamma_prior(ring_edges, ring_mean), 20.0, 2000.0)
+        self.talk = Histogram(2.0, 7200.0, exponential_prior(talk_edges, talk_mean), 20.0, 2000.0)
+        self.wrap = Histogram(1.0, 1800.0, gamma_prior(wrap_edges, wrap_mean, 8.0), 20.0, 2000.0)
+
+    def free_within(self, talk_elapsed: np.ndarray, wrap_elapsed: np.ndarray,
+                    horizons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """P(each agent is ready again within each horizon): arrays shaped (agents, horizons)."""
+        wrap_mean = self.wrap.mean()
+        te = talk_elapsed[:, None]
+        s_now = np.maximum(self.talk.survival(te), 1e-9)
+        # An agent on a call is free once the rest of the talk and a typical wrap-up are over.
+        left = np.maximum(horizons[None, :] - wrap_mean, 0.0)
+        talk_q = np.where(left > 0, 1.0 - self.talk.survival(te + left) / s_now, 0.0)
+        we = wrap_elapsed[:, None]
+        w_now = np.maximum(self.wrap.survival(we), 1e-9)
+        wrap_q = 1.0 - self.wrap.survival(we + horizons[None, :]) / w_now
+        return np.clip(talk_q, 0.0, 1.0), np.clip(wrap_q, 0.0, 1.0)
+
+    def answered_within(self, ring_elapsed: np.ndarray, horizons: np.ndarray) -> np.ndarray:
+        """P(each ringing call is answered needing an agent within each horizon), (calls, horizons)."""
+        p = self.answer.p
+        f_now = self.ring.cdf(ring_elapsed)[:, None]
+        f_later = self.ring.cdf(ring_elapsed[:, None] + horizons[None, :])
+        return np.clip(p * (f_later - f_now) / np.maximum(1.0 - p * f_now, 1e-9), 0.0, 1.0)

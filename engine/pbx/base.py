@@ -1,0 +1,105 @@
+"""The one interface every PBX backend implements, and the call events it emits.
+
+A backend translates: it turns engine commands (originate, connect, abandon,
+hang up) into PBX actions, and PBX traffic into the handful of call events
+below. It holds no campaign logic: which lead, which agent and whether to
+abandon are decided by the dialer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from engine.models import AnswerKind, CallAttempt
+
+
+@dataclass(frozen=True, slots=True)
+class Ringing:
+    """The far end is alerting."""
+
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """The far end picked up; ``kind`` is AMD's verdict (UNKNOWN when AMD is off)."""
+
+    call_id: str
+    kind: AnswerKind
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """The customer leg is bridged to the agent."""
+
+    call_id: str
+    agent_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Abandoned:
+    """The recorded abandon message is being played to the customer."""
+
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """The customer leg is gone. ``cause`` is Q.850; ``reason`` is the backend's plain word
+    for it (``busy``, ``no_answer``, ``congestion``, ``failed``, ``normal``, ``unknown``)."""
+
+    call_id: str
+    cause: int
+    reason: str
+
+
+CallEvent = Ringing | Answered | Connected | Abandoned | Ended
+EventSink = Callable[[CallEvent], None]
+
+
+class PbxError(Exception):
+    """A PBX action failed or timed out; the attempt it concerned ends as FAILED."""
+
+
+class PbxAuthError(PbxError):
+    """The PBX refused our credentials: retrying cannot help, the engine must stop."""
+
+
+@runtime_checkable
+class PbxBackend(Protocol):
+    """What the dialer needs from a PBX.
+
+    Every method returns once the PBX has *accepted* the command, never when the
+    call has progressed: outcomes arrive later through the event sink, in the
+    order the PBX produced them. Every network wait inside has a timeout.
+    """
+
+    async def start(self, sink: EventSink) -> None:
+        """Connect (log in) and deliver every call event to ``sink`` from now on.
+
+        ``sink`` is synchronous and must not raise; backends call it from their
+        read loop. Raises ``PbxAuthError`` on refused credentials.
+        """
+
+    async def close(self) -> None:
+        """Stop delivering events and release connections."""
+
+    async def originate(self, call: CallAttempt, *, ring_timeout: float, caller_id: str) -> None:
+        """Start dialling ``call.lead.phone``; correlate every later event by ``call.call_id``."""
+
+    async def connect(self, call_id: str, agent_id: str) -> None:
+        """Bridge an answered customer to an agent whose session is up."""
+
+    async def abandon(self, call_id: str) -> None:
+        """Play the recorded abandon message to an answered customer, then hang up."""
+
+    async def hangup(self, call_id: str) -> None:
+        """Hang up the customer leg (machine drop, shutdown, cancel while ringing)."""
+
+    async def agent_login(self, agent_id: str) -> None:
+        """Bring up the agent's session so that a later connect is immediate."""
+
+    async def agent_logout(self, agent_id: str) -> None:
+        """Tear down the agent's session."""

@@ -1,0 +1,131 @@
+"""The one store interface: leads, leases, reservations, counters, results.
+
+Every method is one logical round trip, so that the Redis implementation can
+make each of them a single pipeline or Lua script and stay atomic across engine
+nodes. Times passed in are wall-clock POSIX seconds from the engine's injected
+clock (virtual in simulations), never read by the store itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from engine.models import CallAttempt, CallResult, Lead, Veto
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached. Compliance state is unknown, so the engine stops
+    dialling (fail closed) and retries what must be recorded until the store is back."""
+
+
+@dataclass(frozen=True, slots=True)
+class Caps:
+    """Per-contact limits re-checked atomically at reservation time."""
+
+    per_day: int = 2  # attempts per called party's local day, per number, across campaigns
+    per_24h: int = 3  # attempts in any rolling 24 h, per number, across campaigns
+    lifetime: int = 10  # attempts per lead in this campaign
+    lock_s: float = 180.0  # in-flight lock on the number; frees itself if a node dies
+
+
+@dataclass(frozen=True, slots=True)
+class DialContext:
+    """Everything the pre-dial hooks may decide on, loaded in one round trip."""
+
+    lead: Lead
+    now: float  # wall clock, POSIX seconds
+    day_key: str  # the called party's local date (YYYY-MM-DD) at ``now``
+    attempts_today: int
+    attempts_24h: int
+    dnc: bool  # on the global or this campaign's DNC / blacklist
+    invalid_number: bool  # learnt from hangup causes: never dial again
+    last_abandoned_at: float | None  # last abandoned call to this number (any campaign)
+    in_flight: bool  # the number is locked by an attempt in progress
+    history: tuple[dict[str, Any], ...] = ()  # this lead's earlier results, newest last
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Outcome of ``reserve_attempt``: ``ok`` or the rule that refused it."""
+
+    ok: bool
+    rule: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AbandonCounts:
+    """Campaign-wide counts over one regulatory window."""
+
+    abandoned: int
+    live: int
+
+    @property
+    def rate(self) -> float:
+        return self.abandoned / self.live if self.live else 0.0
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Campaign state shared by every engine node of a deployment."""
+
+    async def add_leads(self, leads: Iterable[Lead]) -> int:
+        """Insert or update leads (keyed by campaign and number); returns how many are new."""
+
+    async def claim_leads(self, campaign_id: str, n: int, *, now: float, node_id: str,
+                          lease_s: float) -> list[Lead]:
+        """Lease up to ``n`` eligible leads in rank order (tier, score, next eligible time).
+
+        A lease that is neither finished nor released by ``now + lease_s`` lapses
+        and the lead is handed out again, so a dead node loses no lead.
+        """
+
+    async def dial_context(self, lead: Lead, *, now: float, day_key: str) -> DialContext:
+        """Load what the pre-dial hooks need about this lead and its number."""
+
+    async def reserve_attempt(self, call: CallAttempt, *, now: float, day_key: str, caps: Caps,
+                              node_id: str) -> Reservation:
+        """Atomically: DNC and invalid check, caps re-checked, number locked, counters incremented.
+
+        Only after ``ok`` may the call be originated.
+        """
+
+    async def finish_attempt(self, call: CallAttempt, result: CallResult, *, now: float,
+                             next_eligible: float | None, abandoned: bool, live: bool,
+                             invalid_number: bool = False) -> None:
+        """Record the result, free the number, count the live answer/abandon, and
+        reschedule the lead (``next_eligible``) or close it (None)."""
+
+    async def release_lead(self, lead: Lead, *, now: float, next_eligible: float | None) -> None:
+        """Give back a leased lead that was not dialled (veto, preview skip, shutdown)."""
+
+    async def record_block(self, campaign_id: str, lead: Lead, veto: Veto, *, now: float) -> None:
+        """Remember that a dial was refused, with its rule and reason, for the compliance report."""
+
+    async def abandon_counts(self, campaign_id: str, *, since: float, now: float) -> AbandonCounts:
+        """Abandoned calls and live answers for the campaign in ``[since, now]``."""
+
+    async def add_dnc(self, phones: Iterable[str], campaign_id: str | None = None) -> int:
+        """Add numbers to the global (or one campaign's) do-not-call list; effective at once."""
+
+    async def lead_counts(self, campaign_id: str) -> dict[str, int]:
+        """Leads per status (pending, leased, done), for progress displays."""
+
+    async def next_eligible_at(self, campaign_id: str) -> float | None:
+        """Earliest time a pending lead becomes eligible, or None when none is left."""
+
+    async def results(self, campaign_id: str) -> list[dict[str, Any]]:
+        """Every result row recorded for the campaign, oldest first."""
+
+    async def blocks(self, campaign_id: str) -> list[dict[str, Any]]:
+        """Every refused dial recorded for the campaign, oldest first."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+def abandon_bucket(ts: float, width: float = 60.0) -> int:
+    """Index of the time bucket holding ``ts``; minute buckets keep 24 h windows exact to the minute."""
+    return int(ts // width)

@@ -1,0 +1,232 @@
+"""The embedded default store: everything in this process's memory.
+
+Single-node by nature, but it honours the same contract as the Redis store
+(leases lapse, reservations re-check caps and lock the number, counts are kept
+in minute buckets), so the engine cannot come to depend on behaviour only one
+implementation has. Numbers are keyed by their blind index, never in plain.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import defaultdict, deque
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import Any
+
+from engine.models import CallAttempt, CallResult, Lead, Veto
+from engine.pii import BlindIndex
+from engine.store.base import AbandonCounts, Caps, DialContext, Reservation, abandon_bucket
+
+_DAY = 86_400.0
+
+
+class MemoryStore:
+    """In-process implementation of ``engine.store.base.Store``."""
+
+    def __init__(self, index: BlindIndex | None = None) -> None:
+        self._index = index or BlindIndex.from_env()
+        self._seq = itertools.count()
+        self._leads: dict[tuple[str, str], Lead] = {}  # (campaign, lead_id) -> lead
+        self._by_number: dict[tuple[str, int], str] = {}  # (campaign, number index) -> lead_id
+        self._lease_until: dict[tuple[str, str], float] = {}
+        # Per campaign: ready heap (tier, -score, seq, lead_id) and waiting heap (time, seq, lead_id).
+        self._ready: dict[str, list[tuple[int, float, int, str]]] = defaultdict(list)
+        self._waiting: dict[str, list[tuple[float, int, str]]] = defaultdict(list)
+        self._dnc: set[int] = set()
+        self._dnc_campaign: dict[str, set[int]] = defaultdict(set)
+        self._invalid: set[int] = set()
+        self._locks: dict[int, float] = {}  # number index -> lock expiry
+        self._day_counts: dict[tuple[int, str], int] = defaultdict(int)
+        self._recent: dict[int, deque[float]] = defaultdict(deque)  # number index -> dial times
+        self._last_abandon: dict[int, float] = {}
+        self._abandon_buckets: dict[str, dict[int, list[int]]] = defaultdict(dict)
+        self._results: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self._history: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        self._blocks: dict[str, list[dict[str, Any]]] = defaultdict(list)
+
+    # -- leads ---------------------------------------------------------------------------
+
+    async def add_leads(self, leads: Iterable[Lead]) -> int:
+        new = 0
+        for lead in leads:
+            number = self._index(lead.phone)
+            existing_id = self._by_number.get((lead.campaign_id, number))
+            if existing_id is not None:
+                current = self._leads[(lead.campaign_id, existing_id)]
+                # An update refreshes what the import knows, never the dialling history.
+                updated = replace(lead, lead_id=existing_id, attempts=current.attempts,
+                                  next_eligible=current.next_eligible, status=current.status)
+                self._leads[(lead.campaign_id, existing_id)] = updated
+                if updated.status == "pending":
+                    self._queue(updated)
+                continue
+            key = (lead.campaign_id, lead.lead_id)
+            if key in self._leads:
+                raise ValueError(f"lead id {lead.lead_id!r} already used for another number")
+            self._leads[key] = lead
+            self._by_number[(lead.campaign_id, number)] = lead.lead_id
+            if lead.status == "pending":
+                self._queue(lead)
+            new += 1
+        return new
+
+    def _queue(self, lead: Lead) -> None:
+        heapq.heappush(self._waiting[lead.campaign_id], (lead.next_eligible, next(self._seq), lead.lead_id))
+
+    def _promote(self, campaign_id: str, now: float) -> None:
+        waiting, ready = self._waiting[campaign_id], self._ready[campaign_id]
+        while waiting and waiting[0][0] <= now:
+            _, _, lead_id = heapq.heappop(waiting)
+            lead = self._leads[(campaign_id, lead_id)]
+            if lead.status == "leased" and self._lease_until.get((campaign_id, lead_id), 0.0) <= now:
+                lead.status = "pending"  # the node holding it is gone
+            if lead.status == "pending" and lead.next_eligible <= now:
+                heapq.heappush(ready, (lead.tier, -lead.score, next(self._seq), lead_id))
+
+    async def claim_leads(self, campaign_id: str, n: int, *, now: float, node_id: str,
+                          lease_s: float) -> list[Lead]:
+        self._promote(campaign_id, now)
+        ready, out = self._ready[campaign_id], []
+        while ready and len(out) < n:
+            _, _, _, lead_id = heapq.heappop(ready)
+            lead = self._leads[(campaign_id, lead_id)]
+            if lead.status != "pending" or lead.next_eligible > now:
+                continue  # stale heap entry
+            lead.status = "leased"
+            self._lease_until[(campaign_id, lead_id)] = now + lease_s
+            heapq.heappush(self._waiting[campaign_id], (now + lease_s, next(self._seq), lead_id))
+            out.append(replace(lead))
+        return out
+
+    async def release_lead(self, lead: Lead, *, now: float, next_eligible: float | None) -> None:
+        stored = self._leads[(lead.campaign_id, lead.lead_id)]
+        self._lease_until.pop((lead.campaign_id, lead.lead_id), None)
+        self._reschedule(stored, next_eligible)
+
+    def _reschedule(self, stored: Lead, next_eligible: float | None) -> None:
+        if next_eligible is None:
+            stored.status = "done"
+            return
+        stored.status = "pending"
+        stored.next_eligible = next_eligible
+        self._queue(stored)
+
+    # -- dialling ----------------------------------------------------------------------
+
+    def _dnc_hit(self, campaign_id: str, number: int) -> bool:
+        return number in self._dnc or number in self._dnc_campaign.get(campaign_id, ())
+
+    def _recent_count(self, number: int, now: float) -> int:
+        times = self._recent.get(number)
+        if not times:
+            return 0
+        while times and times[0] <= now - _DAY:
+            times.popleft()
+        return len(times)
+
+    async def dial_context(self, lead: Lead, *, now: float, day_key: str) -> DialContext:
+        number = self._index(lead.phone)
+        return DialContext(
+            lead=lead,
+            now=now,
+            day_key=day_key,
+            attempts_today=self._day_counts.get((number, day_key), 0),
+            attempts_24h=self._recent_count(number, now),
+            dnc=self._dnc_hit(lead.campaign_id, number),
+            invalid_number=number in self._invalid,
+            last_abandoned_at=self._last_abandon.get(number),
+            in_flight=self._locks.get(number, 0.0) > now,
+            history=tuple(self._history.get((lead.campaign_id, lead.lead_id), ())),
+        )
+
+    async def reserve_attempt(self, call: CallAttempt, *, now: float, day_key: str, caps: Caps,
+                              node_id: str) -> Reservation:
+        lead = call.lead
+        number = self._index(lead.phone)
+        stored = self._leads[(lead.campaign_id, lead.lead_id)]
+        if self._dnc_hit(lead.campaign_id, number):
+            return Reservation(False, "dnc", "number is on a do-not-call list")
+        if number in self._invalid:
+            return Reservation(False, "invalid_number", "number found invalid on an earlier call")
+        if self._locks.get(number, 0.0) > now:
+            return Reservation(False, "in_flight", "another attempt to this number is in progress")
+        if self._day_counts.get((number, day_key), 0) >= caps.per_day:
+            return Reservation(False, "cap_per_day", f"{caps.per_day} calls already on {day_key}")
+        if self._recent_count(number, now) >= caps.per_24h:
+            return Reservation(False, "cap_24h", f"{caps.per_24h} calls in the last 24 h")
+        if stored.attempts >= caps.lifetime:
+            return Reservation(False, "cap_lifetime", f"{caps.lifetime} attempts already made")
+        self._locks[number] = now + caps.lock_s
+        self._day_counts[(number, day_key)] += 1
+        self._recent[number].append(now)
+        stored.attempts += 1
+        stored.status = "in_call"
+        self._lease_until.pop((lead.campaign_id, lead.lead_id), None)
+        return Reservation(True)
+
+    async def finish_attempt(self, call: CallAttempt, result: CallResult, *, now: float,
+                             next_eligible: float | None, abandoned: bool, live: bool,
+                             invalid_number: bool = False) -> None:
+        lead = call.lead
+        number = self._index(lead.phone)
+        self._locks.pop(number, None)
+        row = result.as_row()
+        self._results[call.campaign_id].append(row)
+        self._history[(lead.campaign_id, lead.lead_id)].append(row)
+        if live:
+            bucket = self._abandon_buckets[call.campaign_id].setdefault(abandon_bucket(now), [0, 0])
+            bucket[1] += 1
+            if abandoned:
+                bucket[0] += 1
+                self._last_abandon[number] = now
+        if invalid_number:
+            self._invalid.add(number)
+        self._reschedule(self._leads[(lead.campaign_id, lead.lead_id)], next_eligible)
+
+    async def record_block(self, campaign_id: str, lead: Lead, veto: Veto, *, now: float) -> None:
+        self._blocks[campaign_id].append(
+            {"lead_id": lead.lead_id, "rule": veto.rule, "reason": veto.reason, "at": now}
+        )
+
+    async def abandon_counts(self, campaign_id: str, *, since: float, now: float) -> AbandonCounts:
+        first, last = abandon_bucket(since), abandon_bucket(now)
+        abandoned = live = 0
+        for bucket, (a, n) in self._abandon_buckets.get(campaign_id, {}).items():
+            if first <= bucket <= last:
+                abandoned += a
+                live += n
+        return AbandonCounts(abandoned, live)
+
+    async def add_dnc(self, phones: Iterable[str], campaign_id: str | None = None) -> int:
+        target = self._dnc if campaign_id is None else self._dnc_campaign[campaign_id]
+        before = len(target)
+        target.update(self._index(p) for p in phones)
+        return len(target) - before
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def lead_counts(self, campaign_id: str) -> dict[str, int]:
+        counts: dict[str, int] = {"pending": 0, "leased": 0, "in_call": 0, "done": 0}
+        for (cid, _), lead in self._leads.items():
+            if cid == campaign_id:
+                counts[lead.status] = counts.get(lead.status, 0) + 1
+        return counts
+
+    async def next_eligible_at(self, campaign_id: str) -> float | None:
+        times = [
+            lead.next_eligible if lead.status == "pending" else self._lease_until.get(key, 0.0)
+            for key, lead in self._leads.items()
+            if key[0] == campaign_id and lead.status in ("pending", "leased")
+        ]
+        return min(times) if times else None
+
+    async def results(self, campaign_id: str) -> list[dict[str, Any]]:
+        return list(self._results.get(campaign_id, ()))
+
+    async def blocks(self, campaign_id: str) -> list[dict[str, Any]]:
+        return list(self._blocks.get(campaign_id, ()))
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,206 @@
+"""The call state machine, every outcome, through the real dialer on the simulated PBX."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import NO_ANSWER, DialAll, campaign, human, machine, run_script, unanswered
+
+from engine.calls import TRANSITIONS, CallStateError, advance, final_outcome
+from engine.models import Q850, AnswerKind, CallAttempt, CallState, Lead, Outcome
+
+
+@pytest.mark.parametrize(
+    ("plan", "outcome", "cause"),
+    [
+        (unanswered(Q850.USER_BUSY), Outcome.BUSY, 17),
+        (NO_ANSWER, Outcome.NO_ANSWER, 19),
+        (unanswered(Q850.CONGESTION), Outcome.CONGESTION, 34),
+        (unanswered(Q850.TEMPORARY_FAILURE), Outcome.FAILED, 41),
+        (unanswered(Q850.UNALLOCATED), Outcome.INVALID_NUMBER, 1),
+        (unanswered(Q850.CALL_REJECTED), Outcome.REJECTED, 21),
+        (human(), Outcome.CONNECTED, 16),
+    ],
+)
+def test_single_call_outcomes(vrun, plan, outcome, cause):
+    cfg = campaign(retry={"max_attempts": 1})
+    dialer, summary, store = vrun(run_script(cfg, {"L1": plan}))
+    rows = vrun(store.results("t"))
+    assert [r["outcome"] for r in rows] == [outcome.value]
+    assert rows[0]["cause"] == cause
+    assert summary["errors"] == 0
+
+
+def test_connected_call_walks_every_state_and_wraps_up(vrun):
+    cfg = campaign(retry={"max_attempts": 1})
+    seen: list[CallState] = []
+
+    class Spy:
+        from engine.hooks import hookimpl
+
+        @hookimpl
+        def dialer_after_call(self, call):
+            seen.extend(state for _, state in call.history)
+
+    dialer, summary, store = vrun(run_script(cfg, {"L1": human(after=4, talk=30)}, plugins=[Spy()]))
+    assert seen == [CallState.ORIGINATING, CallState.RINGING, CallState.ANSWERED_HUMAN, CallState.CONNECTED,
+                    CallState.ENDED]
+    row = vrun(store.results("t"))[0]
+    assert row["ring_s"] == pytest.approx(4.0)
+    assert row["talk_s"] == pytest.approx(30.0)
+    assert row["wait_s"] == pytest.approx(0.0)
+    assert row["agent_id"] == "A1"
+    assert row["phone"].startswith("+12") and "555" not in row["phone"]  # masked
+    assert summary["connected"] == 1 and summary["live"] == 1
+
+
+def test_live_answer_with_no_free_agent_is_abandoned_within_the_connect_limit(vrun):
+    # One agent, two customers answering together: the second cannot be connected.
+    cfg = campaign(campaign={"id": "t", "mode": "predictive"}, retry={"max_attempts": 1},
+                   pacing={"max_dial_ratio": 2})
+    plans = {"L1": human(after=5, talk=120), "L2": human(after=5, talk=120)}
+    dialer, summary, store = vrun(run_script(cfg, plans, pacer=DialAll()))
+    rows = {r["lead_id"]: r for r in vrun(store.results("t"))}
+    got = sorted(r["outcome"] for r in rows.values())
+    assert got == ["abandoned", "connected"]
+    abandoned = next(r for r in rows.values() if r["outcome"] == "abandoned")
+    assert abandoned["wait_s"] > 2.0  # connect limit, then the message played until the end
+    assert dialer.pbx.abandon_messages == 1
+    assert summary["abandoned"] == 1 and summary["live"] == 2
+
+
+def test_machine_dropped_by_amd(vrun):
+    cfg = campaign(amd={"enabled": True, "machine_action": "hangup"}, retry={"max_attempts": 1})
+    dialer, summary, store = vrun(run_script(cfg, {"L1": machine()}))
+    row = vrun(store.results("t"))[0]
+    assert row["outcome"] == "machine" and row["agent_id"] is None
+    assert summary["machines"] == 1 and summary["live"] == 0
+
+
+def test_machine_without_amd_reaches_an_agent_and_counts_as_live(vrun):
+    cfg = campaign(retry={"max_attempts": 1})
+    dialer, summary, store = vrun(run_script(cfg, {"L1": machine()}))
+    row = vrun(store.results("t"))[0]
+    assert row["outcome"] == "connected" and row["answer_kind"] == "unknown"
+    assert row["disposition"] == "answering_machine"  # the simulated agent heard the machine
+
+
+def test_customer_who_hangs_up_before_the_connect_limit(vrun):
+    # The only agent is busy; the customer gives up after 1 s of silence (< 2 s connect limit).
+    cfg = campaign(campaign={"id": "t", "mode": "predictive"}, retry={"max_attempts": 1},
+                   pacing={"max_dial_ratio": 2})
+    plans = {"L1": human(after=3, talk=100), "L2": human(after=3, talk=50, patience=1.0)}
+    _, summary, store = vrun(run_script(cfg, plans, pacer=DialAll()))
+    got = sorted(r["outcome"] for r in vrun(store.results("t")))
+    assert got == ["connected", "customer_hangup"]
+    assert summary["abandoned"] == 0
+
+
+def test_busy_is_retried_until_max_attempts(vrun):
+    cfg = campaign(retry={"max_attempts": 3, "busy": "60s"}, caps={"per_day": 5, "per_24h": 5})
+    plans = {"L1": unanswered(Q850.USER_BUSY)}
+    dialer, summary, store = vrun(run_script(cfg, plans, until=3600))
+    rows = vrun(store.results("t"))
+    assert [r["outcome"] for r in rows] == ["busy", "busy", "busy"]  # max_attempts, then closed
+    assert [r["attempt_no"] for r in rows] == [1, 2, 3]
+    counts = vrun(store.lead_counts("t"))
+    assert counts["done"] == 1
+
+
+def test_preview_agent_sees_the_lead_then_talks(vrun):
+    cfg = campaign(campaign={"id": "t", "mode": "preview"}, retry={"max_attempts": 1})
+    dialer, summary, store = vrun(run_script(cfg, {"L1": human(after=2, talk=40)}))
+    row = vrun(store.results("t"))[0]
+    assert row["outcome"] == "connected" and row["agent_id"] == "A1"
+    assert summary["abandoned"] == 0
+    assert dialer.desk.previews == 1
+
+
+def test_stop_drains_calls_in_flight_and_interrupts_the_rest(vrun, monkeypatch):
+    import asyncio
+
+    from engine import dialer as d
+
+    cfg = campaign(retry={"max_attempts": 3})
+    made = []
+    orig = d.Dialer.__init__
+
+    def init(self, *a, **k):
+        orig(self, *a, **{**k, "drain_timeout": 30.0})  # shorter than the call
+        made.append(self)
+
+    monkeypatch.setattr(d.Dialer, "__init__", init)
+
+    async def main():
+        task = asyncio.ensure_future(run_script(cfg, {"L1": human(after=2, talk=3000)}))
+        await asyncio.sleep(10)  # the call is connected by now
+        made[0].stop()
+        return await task
+
+    dialer, summary, store = vrun(main())
+    rows = vrun(store.results("t"))
+    assert [r["outcome"] for r in rows] == ["interrupted"]
+    assert summary["after_drain"]["interrupted"] == 1
+    assert vrun(store.lead_counts("t"))["pending"] == 1  # rescheduled, not lost
+
+
+def test_stop_lets_a_short_call_finish(vrun, monkeypatch):
+    import asyncio
+
+    from engine import dialer as d
+
+    cfg = campaign(retry={"max_attempts": 1})
+    made = []
+    orig = d.Dialer.__init__
+
+    def init(self, *a, **k):
+        orig(self, *a, **k)
+        made.append(self)
+
+    monkeypatch.setattr(d.Dialer, "__init__", init)
+
+    async def main():
+        task = asyncio.ensure_future(run_script(cfg, {"L1": human(after=2, talk=60)}))
+        await asyncio.sleep(10)
+        made[0].stop()
+        return await task
+
+    dialer, summary, store = vrun(main())
+    assert [r["outcome"] for r in vrun(store.results("t"))] == ["connected"]
+    assert summary["after_drain"]["interrupted"] == 0
+
+
+def test_transition_table_refuses_impossible_moves():
+    call = CallAttempt("c1", Lead("L1", "t", "+12125550001"), "t", 1)
+    with pytest.raises(CallStateError):
+        advance(call, CallState.CONNECTED, 0.0)
+    for state in (CallState.ORIGINATING, CallState.RINGING, CallState.ANSWERED_HUMAN, CallState.CONNECTED,
+                  CallState.ENDED):
+        advance(call, state, 1.0)
+    assert TRANSITIONS[CallState.ENDED] == frozenset()
+    with pytest.raises(CallStateError):
+        advance(call, CallState.RINGING, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("last", "cause", "reason", "kind", "expected"),
+    [
+        (CallState.RINGING, 17, "busy", None, Outcome.BUSY),
+        (CallState.RINGING, 0, "unknown", None, Outcome.UNKNOWN),
+        (CallState.ABANDONED, 16, "normal", AnswerKind.HUMAN, Outcome.ABANDONED),
+        (CallState.ANSWERED_MACHINE, 16, "normal", AnswerKind.MACHINE, Outcome.MACHINE),
+        (CallState.ANSWERED_HUMAN, 16, "normal", AnswerKind.HUMAN, Outcome.CUSTOMER_HANGUP),
+        (CallState.CONNECTED, 16, "normal", AnswerKind.HUMAN, Outcome.CONNECTED),
+        (CallState.CONNECTED, 16, "interrupted", AnswerKind.HUMAN, Outcome.INTERRUPTED),
+    ],
+)
+def test_final_outcome_table(last, cause, reason, kind, expected):
+    call = CallAttempt("c1", Lead("L1", "t", "+12125550001"), "t", 1, answer_kind=kind)
+    assert final_outcome(call, last, cause, reason) == expected
+
+
+def test_per_day_cap_blocks_the_third_call_of_the_day(vrun):
+    cfg = campaign(retry={"max_attempts": 5, "busy": "60s"}, caps={"per_day": 2, "per_24h": 5})
+    dialer, summary, store = vrun(run_script(cfg, {"L1": unanswered(Q850.USER_BUSY)}, until=1800))
+    assert [r["outcome"] for r in vrun(store.results("t"))] == ["busy", "busy"]
+    blocks = vrun(store.blocks("t"))
+    assert blocks and {b["rule"] for b in blocks} == {"cap_per_day"}

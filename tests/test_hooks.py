@@ -1,0 +1,217 @@
+"""Hook pipeline: veto, fail closed, awaitables, ordering, alerts, plugin loading errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from helpers import campaign, human, run_script
+
+from engine.hooks import hookimpl
+from engine.models import Alert, Lead, Veto
+from engine.plugins import Gate, PluginError, make_plugin_manager
+from engine.store.base import DialContext
+
+
+def ctx(lead_id: str = "L1") -> DialContext:
+    return DialContext(lead=Lead(lead_id, "t", "+12125550001"), now=0.0, day_key="2026-01-05", attempts_today=0,
+                       attempts_24h=0, dnc=False, invalid_number=False, last_abandoned_at=None, in_flight=False)
+
+
+def gate(*plugins: object) -> Gate:
+    return Gate(make_plugin_manager(entry_points_too=False, extra=plugins), campaign())
+
+
+class Allow:
+    @hookimpl
+    def dialer_check_dial(self, ctx):
+        return None
+
+
+class Deny:
+    def __init__(self, rule="deny"):
+        self.rule = rule
+
+    @hookimpl
+    def dialer_check_dial(self, ctx):
+        return Veto(self.rule, "because")
+
+
+class Boom:
+    @hookimpl
+    def dialer_check_dial(self, ctx):
+        raise RuntimeError("bug in plugin")
+
+
+class AsyncDeny:
+    @hookimpl
+    def dialer_check_dial(self, ctx):
+        async def later():
+            await asyncio.sleep(0)
+            return Veto("async", "decided after I/O")
+
+        return later()
+
+
+class AsyncBoom:
+    @hookimpl
+    def dialer_check_dial(self, ctx):
+        async def later():
+            raise ConnectionError("lookup service down")
+
+        return later()
+
+
+class Slow:
+    @hookimpl
+    def dialer_check_dial(self, ctx):
+        return asyncio.sleep(60)
+
+
+class WrongType:
+    @hookimpl
+    def dialer_check_dial(self, ctx):
+        return "no"
+
+
+async def test_no_plugins_allow():
+    assert await gate().check(ctx()) is None
+    assert await gate(Allow()).check(ctx()) is None
+
+
+async def test_any_veto_blocks():
+    v = await gate(Allow(), Deny(), Allow()).check(ctx())
+    assert v == Veto("deny", "because")
+
+
+async def test_exception_fails_closed():
+    v = await gate(Allow(), Boom()).check(ctx())
+    assert v is not None and v.rule == "plugin_error" and "bug in plugin" in v.reason
+
+
+async def test_awaitable_results_are_awaited():
+    assert (await gate(AsyncDeny()).check(ctx())).rule == "async"
+
+
+async def test_failing_awaitable_fails_closed():
+    v = await gate(AsyncBoom()).check(ctx())
+    assert v.rule == "plugin_error" and "lookup service down" in v.reason
+
+
+async def test_slow_plugin_times_out_closed():
+    g = gate(Slow())
+    g._timeout = 0.05
+    v = await g.check(ctx())
+    assert v.rule == "plugin_error"
+
+
+async def test_wrong_return_type_fails_closed():
+    assert (await gate(WrongType()).check(ctx())).rule == "plugin_error"
+
+
+async def test_ordering_tryfirst_decides_which_veto_is_reported():
+    class First:
+        @hookimpl(tryfirst=True)
+        def dialer_check_dial(self, ctx):
+            return Veto("first", "x")
+
+    class Last:
+        @hookimpl(trylast=True)
+        def dialer_check_dial(self, ctx):
+            return Veto("last", "x")
+
+    assert (await gate(First(), Last()).check(ctx())).rule == "first"
+    assert (await gate(Last(), First()).check(ctx())).rule == "first"
+
+
+async def test_alerts_are_collected_and_a_failing_risk_plugin_is_ignored():
+    class A:
+        @hookimpl
+        def dialer_risk_alerts(self, ctx):
+            return [Alert("complained", "complained before", "high", ("cancel",))]
+
+    class B:
+        @hookimpl
+        def dialer_risk_alerts(self, ctx):
+            async def later():
+                return [Alert("vip", "VIP customer")]
+
+            return later()
+
+    class C:
+        @hookimpl
+        def dialer_risk_alerts(self, ctx):
+            async def later():
+                raise RuntimeError("x")
+
+            return later()
+
+    alerts = await gate(A(), B(), C()).alerts(ctx())
+    assert {a.code for a in alerts} == {"complained", "vip"}
+
+
+def test_vetoed_lead_is_never_dialled_and_the_block_is_recorded(vrun):
+    class DenyL2:
+        @hookimpl
+        def dialer_check_dial(self, ctx):
+            return Veto("test_rule", "not this one") if ctx.lead.lead_id == "L2" else None
+
+    cfg = campaign(retry={"max_attempts": 1})
+    dialer, summary, store = vrun(run_script(cfg, {"L1": human(), "L2": human()}, plugins=[DenyL2()]))
+    rows = vrun(store.results("t"))
+    assert [r["lead_id"] for r in rows] == ["L1"]
+    blocks = vrun(store.blocks("t"))
+    assert [(b["lead_id"], b["rule"]) for b in blocks] == [("L2", "test_rule")]
+    assert dialer.pbx.originated == 1
+
+
+def test_crashing_gate_plugin_blocks_every_dial(vrun):
+    cfg = campaign(retry={"max_attempts": 1})
+    dialer, summary, store = vrun(run_script(cfg, {"L1": human(), "L2": human()}, plugins=[Boom()]))
+    assert dialer.pbx.originated == 0
+    assert summary["blocked"] == 2
+
+
+def test_alerts_reach_the_call_and_after_call_hooks_see_the_result(vrun):
+    seen = []
+
+    class Risk:
+        @hookimpl
+        def dialer_risk_alerts(self, ctx):
+            return [Alert("sensitive", "asked not to be called often")]
+
+        @hookimpl
+        def dialer_after_call(self, call, result):
+            async def later():
+                seen.append((call.alerts, result.outcome.value))
+
+            return later()
+
+    cfg = campaign(retry={"max_attempts": 1})
+    vrun(run_script(cfg, {"L1": human()}, plugins=[Risk()]))
+    assert seen and seen[0][0][0].code == "sensitive" and seen[0][1] == "connected"
+
+
+def test_unknown_hook_is_a_clear_error():
+    class Typo:
+        @hookimpl
+        def dialer_chek_dial(self, ctx):
+            return None
+
+    with pytest.raises(PluginError, match="dialer_chek_dial"):
+        make_plugin_manager(entry_points_too=False, extra=[Typo()])
+
+
+def test_wrong_argument_names_are_a_clear_error():
+    class BadArgs:
+        @hookimpl
+        def dialer_check_dial(self, context):
+            return None
+
+    with pytest.raises(PluginError, match="context"):
+        make_plugin_manager(entry_points_too=False, extra=[BadArgs()])
+
+
+def test_missing_campaign_plugin_module_is_a_clear_error():
+    with pytest.raises(PluginError, match="no_such_plugin_module"):
+        make_plugin_manager(["no_such_plugin_module"], entry_points_too=False)

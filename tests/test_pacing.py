@@ -1,0 +1,153 @@
+"""Pacers on hand-made snapshots, the estimators, and the abandon controller."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from engine.pacing import (
+    AbandonController,
+    Decision,
+    Estimates,
+    PredictivePacer,
+    PreviewPacer,
+    ProgressivePacer,
+    Snapshot,
+    available_pacers,
+    dial_cap,
+    make_pacer,
+)
+from engine.pacing.estimates import AnswerRate, Histogram, exponential_prior
+from engine.pacing.predictive import normal_sf
+from engine.store.base import AbandonCounts
+
+
+def snap(**kw) -> Snapshot:
+    base = dict(now=0.0, ready=0, on_call=(), wrap_up=(), previewing=0, paused=0, ringing=(), waiting=0,
+                estimates=Estimates(answer_rate=0.25), allowance=0.03, connect_limit=2.0, ring_timeout=25.0,
+                max_dial_ratio=4.0)
+    base.update(kw)
+    return Snapshot(**base)
+
+
+def test_progressive_one_call_per_ready_agent():
+    p = ProgressivePacer()
+    assert p.decide(snap(ready=5)) == Decision(dials=5)
+    assert p.decide(snap(ready=5, ringing=(1.0, 3.0))) == Decision(dials=3)
+    assert p.decide(snap(ready=1, ringing=(1.0,), waiting=1)) == Decision(dials=0)
+    assert p.decide(snap(ready=0, on_call=(10.0,) * 4)) == Decision(dials=0)
+
+
+def test_preview_hands_each_ready_agent_a_lead():
+    assert PreviewPacer().decide(snap(ready=3, on_call=(5.0,))) == Decision(previews=3)
+    assert PreviewPacer().decide(snap(ready=0)) == Decision(previews=0)
+
+
+def test_dial_cap_limits_calls_in_flight():
+    assert dial_cap(snap(ready=2, max_dial_ratio=3.0)) == 6
+    assert dial_cap(snap(ready=2, max_dial_ratio=3.0, ringing=(1.0,) * 5)) == 1
+    assert dial_cap(snap(ready=0)) == 0
+
+
+def test_predictive_dials_ahead_of_ready_agents():
+    p = PredictivePacer()
+    d = p.decide(snap(ready=10))
+    # With a 25 % answer rate the pacer must dial well beyond one call per agent ...
+    assert d.dials > 10
+    # ... but not so far that the expected answers exceed the agents.
+    assert d.dials * 0.25 < 10 * 1.5
+
+
+def test_predictive_stops_when_in_flight_calls_cover_the_agents():
+    p = PredictivePacer()
+    assert p.decide(snap(ready=2, ringing=(1.0,) * 8)).dials == 0
+    assert p.decide(snap(ready=0, waiting=1, on_call=(5.0,))).dials == 0
+
+
+def test_predictive_counts_agents_about_to_be_free():
+    p = PredictivePacer()
+    est = Estimates(answer_rate=0.25, talk_mean=120.0, wrap_mean=15.0)
+    nearly_done = p.decide(snap(on_call=(600.0,) * 10, estimates=est)).dials  # long calls: hazard of ending
+    wrapping = p.decide(snap(wrap_up=(14.0,) * 10, estimates=est)).dials  # wrap-up about to end
+    fresh = p.decide(snap(on_call=(0.0,) * 10, estimates=est)).dials
+    assert wrapping > fresh
+    assert nearly_done >= fresh
+
+
+def test_predictive_risk_grows_with_each_dial_and_allowance_moves_the_answer():
+    p = PredictivePacer()
+    s = snap(ready=5, on_call=(60.0,) * 5)
+    risk = p.marginal_risk(s, 20)
+    assert np.all(np.diff(risk) >= -1e-12)
+    low = p.decide(snap(ready=5, on_call=(60.0,) * 5, allowance=0.005)).dials
+    high = p.decide(snap(ready=5, on_call=(60.0,) * 5, allowance=0.2)).dials
+    assert high > low
+
+
+def test_normal_sf_matches_erfc():
+    for z in (-3.0, -1.0, 0.0, 0.5, 2.0, 4.0):
+        assert normal_sf(np.array([z]))[0] == pytest.approx(0.5 * math.erfc(z / math.sqrt(2)), abs=2e-7)
+
+
+def test_histogram_learns_and_forgets():
+    edges = np.arange(0.0, 602.0, 2.0)
+    h = Histogram(2.0, 600.0, exponential_prior(edges, 120.0), prior_weight=20.0, memory=200.0)
+    assert h.mean() == pytest.approx(120.0, rel=0.1)
+    for _ in range(2000):
+        h.add(30.0)
+    assert h.mean() == pytest.approx(31.0, abs=2.0)
+    assert h.cdf(29.0) < 0.05 and h.cdf(33.0) > 0.95
+
+
+def test_answer_rate_follows_a_drift():
+    a = AnswerRate(prior=0.25, memory=300.0)
+    rng = np.random.default_rng(1)
+    for _ in range(3000):
+        a.add(rng.random() < 0.4)
+    assert a.p == pytest.approx(0.4, abs=0.05)
+    for _ in range(3000):
+        a.add(rng.random() < 0.1)
+    assert a.p == pytest.approx(0.1, abs=0.04)
+
+
+def test_estimates_conditional_answer_probability():
+    est = Estimates(answer_rate=0.5, ring_mean=8.0, ring_timeout=25.0)
+    h = np.array([5.0])
+    fresh, late = est.answered_within(np.array([0.0, 20.0]), h)[:, 0]
+    assert 0 < late < fresh < 0.5
+
+
+def test_controller_raises_allowance_under_target_and_cuts_it_over_target():
+    c = AbandonController(0.03, [30 * 86400])
+    start = c.allowance
+    for i in range(1, 101):
+        c.observe(10, 0, [AbandonCounts(0, 10 * i)])
+    assert c.allowance > start
+    c2 = AbandonController(0.03, [30 * 86400])
+    for i in range(1, 101):
+        c2.observe(10, 1, [AbandonCounts(i, 10 * i)])  # 10 % abandons
+    assert c2.over
+    assert c2.allowance < start / 4
+
+
+def test_controller_margin_is_wider_with_few_calls():
+    c = AbandonController(0.03, [86400], safety_z=1.65)
+    assert c.working_target(0) < c.working_target(1000) < c.working_target(100000) < 0.03
+    assert c.working_target(100000) == pytest.approx(0.03, abs=0.001)
+
+
+def test_controller_binding_window_is_the_tightest():
+    c = AbandonController(0.03, [30 * 86400, 86400])
+    c.observe(0, 0, [AbandonCounts(0, 5000), AbandonCounts(20, 300)])  # the 24 h window is over
+    assert c.over
+    assert c.slack < 0
+
+
+def test_pacers_are_registered_and_selectable():
+    names = set(available_pacers())
+    assert {"preview", "progressive", "predictive"} <= names
+    assert make_pacer("progressive").name == "progressive"
+    with pytest.raises(KeyError, match="unknown pacer"):
+        make_pacer("nope")
