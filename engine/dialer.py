@@ -52,7 +52,7 @@ from engine.pbx.base import Abandoned, Answered, CallEvent, Connected, Ended, Pb
 from engine.plugins import Gate, await_maybe
 from engine.results import ResultWriter
 from engine.retry import next_attempt_at
-from engine.store.base import AbandonCounts, Caps, Store
+from engine.store.base import AbandonCounts, Caps, Store, StoreUnavailable
 
 MAX_CALL_S = 4 * 3600.0  # a connected call with no end event this long is presumed lost
 EVENT_GRACE_S = 30.0  # how late the PBX may be with an outcome before the call is presumed lost
@@ -110,6 +110,7 @@ class Dialer:
         self._since_observe = [0, 0]
         self._exhausted_check_at = -1e18
         self.started_at = 0.0
+        self.store_down = False
         self.summary: dict[str, Any] = {}
 
     # -- control ------------------------------------------------------------------------
@@ -199,6 +200,21 @@ class Dialer:
         )
 
     async def _pace_once(self) -> None:
+        """One pacing decision; while the store is unreachable nothing is dialled (fail closed)."""
+        try:
+            await self._decide_and_dial()
+        except StoreUnavailable as exc:
+            if not self.store_down:
+                self.log.error("store unavailable: dialling paused, calls in flight still tracked", error=str(exc))
+            self.store_down = True
+            return
+        if self.store_down:
+            self.log.warning("store reachable again: dialling resumed")
+            self.store_down = False
+
+    async def _decide_and_dial(self) -> None:
+        if self.store_down:
+            await self.store.lead_counts(self.cfg.id)  # probe before deciding anything
         await self._observe_abandons()
         decision = self.pacer.decide(self.snapshot())
         wanted = decision.dials + decision.previews
@@ -303,6 +319,12 @@ class Dialer:
             if agent is not None:
                 await self._wrap_up(agent, call)
             await self._record(call, log)
+        except StoreUnavailable as exc:
+            # Only possible before the reservation (later writes retry until stored): nothing was
+            # dialled, and the lead's lease lapses by itself so another attempt picks it up.
+            log.warning("store unavailable before the dial; lead left to its lease", error=str(exc))
+            if agent is not None and agent.state == AgentState.PREVIEWING:
+                self.pool.end_preview(agent)
         except asyncio.CancelledError:
             if call.call_id not in self._recorded:
                 await self._interrupted(call, agent, log)
@@ -339,8 +361,9 @@ class Dialer:
         if veto.rule != "shutdown":
             self.counters.blocked += 1
             log.info("dial blocked", rule=veto.rule, reason=veto.reason)
-            await self.store.record_block(self.cfg.id, call.lead, veto, now=wall)
-        await self.store.release_lead(call.lead, now=wall, next_eligible=veto.retry_at)
+            await self._until_stored(lambda: self.store.record_block(self.cfg.id, call.lead, veto, now=wall), log)
+        await self._until_stored(lambda: self.store.release_lead(call.lead, now=wall, next_eligible=veto.retry_at),
+                                 log)
         if agent is not None:
             self.pool.end_preview(agent)
 
@@ -361,9 +384,7 @@ class Dialer:
                 self.counters.answered += 1
                 machine = ev.kind == AnswerKind.MACHINE
                 drop = machine and self.cfg.amd.enabled and self.cfg.amd.machine_action == "hangup"
-                self.estimates.answer.add(not drop)
-                if not drop:
-                    self.estimates.ring.add(now - (call.dialed_at or now))
+                self.estimates.observe_answer(not drop, now - (call.dialed_at or now))
                 if drop:
                     advance(call, CallState.ANSWERED_MACHINE, now)
                     await self._pbx_quietly(self.pbx.hangup(call.call_id), log, "hangup")
@@ -395,7 +416,7 @@ class Dialer:
                 call.cause = ev.cause
                 call.outcome = final_outcome(call, last, ev.cause, ev.reason)
                 if last in (CallState.ORIGINATING, CallState.RINGING) and ev.reason != "unknown":
-                    self.estimates.answer.add(False)
+                    self.estimates.observe_answer(False)
                 self._count_end(call)
         if agent is not None and call.connected_at is None:
             # Answered but never bridged (hung up first), or a preview call never answered.
@@ -455,7 +476,7 @@ class Dialer:
         if call.connected_at is not None and call.ended_at is not None:
             talk = call.ended_at - call.connected_at
             self.counters.talk_s += talk
-            self.estimates.talk.add(talk)
+            self.estimates.observe_talk(talk)
 
     async def _wrap_up(self, agent: Agent, call: CallAttempt) -> None:
         self.pool.to_wrap_up(agent)
@@ -467,7 +488,7 @@ class Dialer:
             call.disposition = None
         wrap = self._loop.time() - started
         self.counters.wrap_s += wrap
-        self.estimates.wrap.add(wrap)
+        self.estimates.observe_wrap(wrap)
         agent.call_id = None
         agent.calls += 1
         if agent.state == AgentState.WRAP_UP:
@@ -481,13 +502,13 @@ class Dialer:
         result = self._result(call, outcome)
         rule = self.cfg.dispositions.get(call.disposition or "")
         next_at = next_attempt_at(self.cfg, outcome, call.disposition, call.lead.attempts + 1, wall)
-        await self.store.finish_attempt(call, result, now=wall, next_eligible=next_at,
-                                        abandoned=outcome == Outcome.ABANDONED, live=outcome.live,
-                                        invalid_number=outcome == Outcome.INVALID_NUMBER)
-        if rule is not None and rule.dnc:
-            await self.store.add_dnc([call.lead.phone])
         if self.results is not None:
             self.results.write(result.as_row())
+        await self._until_stored(lambda: self.store.finish_attempt(
+            call, result, now=wall, next_eligible=next_at, abandoned=outcome == Outcome.ABANDONED,
+            live=outcome.live, invalid_number=outcome == Outcome.INVALID_NUMBER), log)
+        if rule is not None and rule.dnc:
+            await self._until_stored(lambda: self.store.add_dnc([call.lead.phone]), log)
         log.debug("call recorded", outcome=outcome.value, disposition=call.disposition)
         for r in self.plugins.hook.dialer_after_call(call=call, result=result, campaign=self.cfg,
                                                      store=self.store):
@@ -495,6 +516,22 @@ class Dialer:
                 await await_maybe(r)
             except Exception as exc:
                 log.error("after-call plugin failed", error=repr(exc))
+
+    async def _until_stored(self, write: Any, log: Any) -> None:
+        """A write that must not be lost: retried until the store takes it (or the task is cancelled)."""
+        delay, started = 0.2, self._loop.time()
+        while True:
+            try:
+                await write()
+                return
+            except StoreUnavailable as exc:
+                if self._stopping and self._loop.time() - started > max(self.drain_timeout, 30.0):
+                    log.error("store still unavailable at shutdown; this result is only in the results file",
+                              error=str(exc))
+                    return
+                log.warning("store unavailable; result kept and retried", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _interrupted(self, call: CallAttempt, agent: Agent | None, log: Any,
                            outcome: Outcome = Outcome.INTERRUPTED) -> None:

@@ -61,7 +61,7 @@ def dialer_campaign_end(campaign: CampaignConfig, summary: dict[str, Any]) -> Aw
 
 @hookspec
 def dialer_rank_lead(lead: Lead, campaign: CampaignConfig) -> float | Awaitable[float | None] | None:
-    """Called when a lead enters the store and again after each of its attempts.
+    """Called for each lead as it is loaded into the store for a campaign run.
 
     :param lead: the lead, with its tags, attributes and attempt count.
     :param campaign: the campaign configuration.

@@ -74,6 +74,20 @@ async def await_maybe(value: Any) -> Any:
     return value
 
 
+async def rank_leads(pm: pluggy.PluginManager, campaign: Any, leads: Iterable[Any]) -> None:
+    """Add every ranking plugin's adjustment to each lead's score, before the leads are stored."""
+    hook = pm.hook.dialer_rank_lead
+    if not hook.get_hookimpls():
+        return
+    for lead in leads:
+        total = 0.0
+        for r in hook(lead=lead, campaign=campaign):
+            r = await await_maybe(r)
+            if r is not None:
+                total += float(r)
+        lead.score += total
+
+
 class Gate:
     """The pre-dial pipeline: compliance veto (fail closed), then risk alerts."""
 

@@ -20,7 +20,7 @@ from engine.dialer import Dialer
 from engine.models import AgentState
 
 
-def figures(dialer: Dialer) -> dict[str, Any]:
+def figures(dialer: Dialer, leads: dict[str, int] | None = None) -> dict[str, Any]:
     pool, c = dialer.pool, dialer.counters
     in_flight = len(dialer.calls)
     available = pool.count(AgentState.READY) + pool.count(AgentState.WRAP_UP) + pool.count(AgentState.ON_CALL)
@@ -36,6 +36,8 @@ def figures(dialer: Dialer) -> dict[str, Any]:
         "abandon_rate": round(c.abandoned / c.live, 4) if c.live else 0.0,
         "allowance": round(dialer.controller.allowance, 4),
         "blocked": c.blocked,
+        "leads_done": (leads or {}).get("done", 0),
+        "leads_total": sum((leads or {}).values()),
     }
 
 
@@ -48,7 +50,17 @@ def _table(f: dict[str, Any], title: str) -> Table:
     t.add_row("dials / live / abandoned", f"{f['dials']} / {f['live']} / {f['abandoned']}")
     t.add_row("abandon rate", f"{f['abandon_rate'] * 100:.2f} %")
     t.add_row("blocked by the gate", str(f["blocked"]))
+    if f["leads_total"]:
+        t.add_row("leads finished", f"{f['leads_done']} / {f['leads_total']} "
+                  f"({100 * f['leads_done'] / f['leads_total']:.1f} %)")
     return t
+
+
+async def _leads(dialer: Dialer) -> dict[str, int] | None:
+    try:
+        return await dialer.store.lead_counts(dialer.cfg.id)
+    except Exception:  # the status view must never take the campaign down
+        return None
 
 
 async def show(dialer: Dialer, *, every_wall_s: float = 0.5, console: Console | None = None) -> None:
@@ -59,17 +71,18 @@ async def show(dialer: Dialer, *, every_wall_s: float = 0.5, console: Console | 
         with Live(_table(figures(dialer), title), console=console, refresh_per_second=4) as live:
             while True:
                 await _pause(every_wall_s)
-                live.update(_table(figures(dialer), title))
+                live.update(_table(figures(dialer, await _leads(dialer)), title))
     else:
         last = 0.0
         while True:
             await _pause(every_wall_s)
             if time.monotonic() - last >= 5.0:
                 last = time.monotonic()
-                f = figures(dialer)
+                f = figures(dialer, await _leads(dialer))
                 console.print(
-                    f"[status] {f['time']} in_flight={f['in_flight']} dials={f['dials']} live={f['live']} "
-                    f"abandoned={f['abandoned']} rate={f['abandon_rate'] * 100:.2f}% agents={f['agents']}",
+                    f"[status] {f['time']} in_flight={f['in_flight']} ratio={f['dial_ratio']} dials={f['dials']} "
+                    f"live={f['live']} abandoned={f['abandoned']} rate={f['abandon_rate'] * 100:.2f}% "
+                    f"leads_done={f['leads_done']}/{f['leads_total']} agents={f['agents']}",
                     highlight=False, soft_wrap=True,
                 )
 

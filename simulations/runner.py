@@ -22,7 +22,7 @@ from engine.dialer import Dialer
 from engine.models import Agent, Lead
 from engine.pacing import make_pacer
 from engine.pbx.sim import SimBackend
-from engine.plugins import make_plugin_manager
+from engine.plugins import make_plugin_manager, rank_leads
 from engine.results import ResultWriter
 from engine.store.base import Store
 from engine.store.memory import MemoryStore
@@ -52,10 +52,12 @@ async def run_sim_campaign(cfg: CampaignConfig, *, leads: list[Lead] | None = No
     store = store if store is not None else MemoryStore()
     if leads is None:
         leads = generate_leads(cfg, sim.leads, seed)
+    plugins = plugins or make_plugin_manager(cfg.campaign.plugins)
+    await rank_leads(plugins, cfg, leads)
     await store.add_leads(leads)
     dialer = Dialer(cfg, store=store, pbx=backend, desk=desk,
                     agents=[Agent(f"A{i:03d}") for i in range(1, sim.agents + 1)],
-                    plugins=plugins or make_plugin_manager(cfg.campaign.plugins), clock=clock,
+                    plugins=plugins, clock=clock,
                     pacer=make_pacer(mode or cfg.campaign.mode), results=results, node_id=node_id)
     if on_dialer is not None:
         on_dialer(dialer)

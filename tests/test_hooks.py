@@ -215,3 +215,31 @@ def test_wrong_argument_names_are_a_clear_error():
 def test_missing_campaign_plugin_module_is_a_clear_error():
     with pytest.raises(PluginError, match="no_such_plugin_module"):
         make_plugin_manager(["no_such_plugin_module"], entry_points_too=False)
+
+
+def test_ranking_plugins_reorder_the_leads(vrun):
+    class PreferL3:
+        @hookimpl
+        def dialer_rank_lead(self, lead):
+            return 10.0 if lead.lead_id == "L3" else None
+
+    class AlsoL2:
+        @hookimpl
+        def dialer_rank_lead(self, lead):
+            async def later():
+                return 5.0 if lead.lead_id == "L2" else 0.0
+
+            return later()
+
+    from engine.plugins import rank_leads
+    from engine.store.memory import MemoryStore
+
+    cfg = campaign(retry={"max_attempts": 1})
+    pm = make_plugin_manager(entry_points_too=False, extra=[PreferL3(), AlsoL2()])
+    leads = [Lead(f"L{i}", "t", f"+1212555000{i}") for i in (1, 2, 3)]
+    vrun(rank_leads(pm, cfg, leads))
+    assert [lead.score for lead in leads] == [0.0, 5.0, 10.0]
+    store = MemoryStore()
+    vrun(store.add_leads(leads))
+    claimed = vrun(store.claim_leads("t", 3, now=1e12, node_id="n", lease_s=60))
+    assert [lead.lead_id for lead in claimed] == ["L3", "L2", "L1"]

@@ -117,11 +117,33 @@ class Estimates:
         self.ring = Histogram(0.5, ring_timeout + 0.5, gamma_prior(ring_edges, ring_mean), 20.0, 2000.0)
         self.talk = Histogram(2.0, 7200.0, exponential_prior(talk_edges, talk_mean), 20.0, 2000.0)
         self.wrap = Histogram(1.0, 1800.0, gamma_prior(wrap_edges, wrap_mean, 8.0), 20.0, 2000.0)
+        self.version = 0  # bumped on every observation, so consumers can cache derived arrays
+        self._wrap_mean: float | None = None
+
+    def observe_answer(self, needs_agent: bool, ring_s: float | None = None) -> None:
+        self.answer.add(needs_agent)
+        if needs_agent and ring_s is not None:
+            self.ring.add(ring_s)
+        self.version += 1
+
+    def observe_talk(self, seconds: float) -> None:
+        self.talk.add(seconds)
+        self.version += 1
+
+    def observe_wrap(self, seconds: float) -> None:
+        self.wrap.add(seconds)
+        self._wrap_mean = None
+        self.version += 1
+
+    def wrap_mean(self) -> float:
+        if self._wrap_mean is None:
+            self._wrap_mean = self.wrap.mean()
+        return self._wrap_mean
 
     def free_within(self, talk_elapsed: np.ndarray, wrap_elapsed: np.ndarray,
                     horizons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """P(each agent is ready again within each horizon): arrays shaped (agents, horizons)."""
-        wrap_mean = self.wrap.mean()
+        wrap_mean = self.wrap_mean()
         te = talk_elapsed[:, None]
         s_now = np.maximum(self.talk.survival(te), 1e-9)
         # An agent on a call is free once the rest of the talk and a typical wrap-up are over.

@@ -29,20 +29,36 @@ def normal_sf(z: np.ndarray) -> np.ndarray:
     return np.where(z >= 0, 0.5 * erfc, 1.0 - 0.5 * erfc)
 
 
+HORIZONS = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.5, 8.0, 10.0, 12.5, 15.0, 18.0, 22.0, 26.0, 32.0, 40.0, 50.0,
+                     60.0, 90.0, 120.0])
+
+
 class PredictivePacer:
     name = "predictive"
 
-    def __init__(self, grid_step: float = 1.0) -> None:
-        self.grid_step = grid_step
+    def __init__(self) -> None:
+        self._cache_key: tuple[int, int, float] | None = None
+        self._cached: tuple[np.ndarray, np.ndarray, np.ndarray] = (HORIZONS, HORIZONS, HORIZONS)
+
+    def _grid(self, snap: Snapshot) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Answer-time grid, the weight of each cell and a new dial's answer probability by each
+        horizon; recomputed only when the learnt distributions changed."""
+        est = snap.estimates
+        key = (id(est), est.version, snap.ring_timeout)
+        if key != self._cache_key:
+            horizons = HORIZONS[HORIZONS < snap.ring_timeout]
+            horizons = np.append(horizons, snap.ring_timeout)
+            ring_cdf = est.ring.cdf(horizons)
+            weight = np.diff(np.concatenate(([0.0], ring_cdf)))
+            weight = weight / max(weight.sum(), 1e-12)
+            self._cached = (horizons, weight, est.answer.p * ring_cdf)
+            self._cache_key = key
+        return self._cached
 
     def marginal_risk(self, snap: Snapshot, max_new: int) -> np.ndarray:
         """Marginal abandon probability (given a live answer) of the 1st..``max_new``-th new dial."""
         est = snap.estimates
-        horizons = np.arange(self.grid_step, snap.ring_timeout + self.grid_step, self.grid_step)
-        p = est.answer.p
-        ring_cdf = est.ring.cdf(horizons)
-        weight = np.diff(np.concatenate(([0.0], ring_cdf)))
-        weight = weight / max(weight.sum(), 1e-12)
+        horizons, weight, a_new = self._grid(snap)
 
         mu_d = np.full(len(horizons), float(snap.waiting))
         var_d = np.zeros(len(horizons))
@@ -58,10 +74,10 @@ class PredictivePacer:
                                      np.asarray(snap.wrap_up, dtype=float),
                                      horizons + snap.connect_limit)
             for q in (tq, wq):
-                mu_s += q.sum(0)
-                var_s += (q * (1.0 - q)).sum(0)
+                if q.size:
+                    mu_s += q.sum(0)
+                    var_s += (q * (1.0 - q)).sum(0)
 
-        a_new = p * ring_cdf
         others = np.arange(max_new, dtype=float)[:, None]  # new dials ahead of the candidate
         mu = mu_d + others * a_new - mu_s
         var = var_d + var_s + others * a_new * (1.0 - a_new) + 0.05
