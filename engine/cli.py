@@ -12,6 +12,7 @@ import json
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -96,18 +97,15 @@ def _build_store(cfg: CampaignConfig) -> Any:
 
 
 async def _run_campaign(cfg: CampaignConfig, args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    from engine.leads import load_csv
+    from engine.leads import load_leads
     from engine.results import ResultWriter
     from engine.status import show
     from simulations.runner import run_sim_campaign
 
     leads = None
     if args.leads:
-        report = load_csv(args.leads, cfg.id, cfg.campaign.default_region)
-        for line, field, _value, reason in report.rejects[:20]:
-            print(f"{args.leads}:{line}: {field}: {reason}", file=sys.stderr)
-        if len(report.rejects) > 20:
-            print(f"... and {len(report.rejects) - 20} more rejected rows", file=sys.stderr)
+        report = load_leads(args.leads, cfg.id, cfg.campaign.default_region)
+        _print_rejects(args.leads, report)
         leads = report.leads
     stem = f"{cfg.id}-{time.strftime('%Y%m%dT%H%M%S')}-{args.node_id}"
     results = ResultWriter(args.results or cfg.results.dir, stem, list(cfg.results.formats))
@@ -140,6 +138,47 @@ async def _run_campaign(cfg: CampaignConfig, args: argparse.Namespace, console: 
         await store.close()
     summary["results"] = {k: str(v) for k, v in results.paths.items()}
     return summary
+
+
+def _print_rejects(path: str, report: Any, limit: int = 20) -> None:
+    for r in report.rejects[:limit]:
+        print(f"{path}:{r.line}: {r.field}: {r.reason} (value {r.value!r})", file=sys.stderr)
+    if len(report.rejects) > limit:
+        print(f"{path}: ... and {len(report.rejects) - limit} more rejected rows", file=sys.stderr)
+    if report.merged:
+        print(f"{path}: {report.merged} rows merged into earlier rows with the same number", file=sys.stderr)
+
+
+def cmd_leads_import(args: argparse.Namespace) -> int:
+    from engine.leads import load_leads
+
+    cfg = _load(args.campaign)
+    report = load_leads(args.file, cfg.id, args.region or cfg.campaign.default_region)
+    _print_rejects(args.file, report)
+    rejects = args.rejects or str(Path(args.file).with_suffix("")) + ".rejects.csv"
+    report.write_rejects(rejects)
+    if args.output:
+        with Path(args.output).open("w", encoding="utf-8") as f:
+            for lead in report.leads:
+                f.write(json.dumps({"lead_id": lead.lead_id, "phone": lead.phone, "tier": lead.tier,
+                                    "score": lead.score, "timezone": lead.timezone, "tags": list(lead.tags),
+                                    "consent_source": lead.consent_source,
+                                    "consent_expires": lead.consent_expires.isoformat()
+                                    if lead.consent_expires else None, **lead.attributes}) + "\n")
+
+    async def store_them() -> int:
+        store = _build_store(cfg)
+        try:
+            return await store.add_leads(report.leads)
+        finally:
+            await store.close()
+
+    new = asyncio.run(store_them()) if cfg.campaign.store != "memory" else len(report.leads)
+    where = (f"store {cfg.campaign.store}" if cfg.campaign.store != "memory"
+             else "nothing stored: campaign.store is \"memory\" (use --output for a clean file for `dialer run`)")
+    print(f"{args.file}: {len(report.leads)} leads accepted ({new} new), {len(report.rejects)} rejected "
+          f"(report: {rejects}), {report.merged} merged; {where}")
+    return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -275,6 +314,20 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plugins", help="list plugins, the hooks each implements, and pacers")
     pl.add_argument("--campaign", help="also load the plugins this campaign names")
     pl.set_defaults(func=cmd_plugins)
+
+    ld = sub.add_parser("leads", help="lead management (import)")
+    ld_sub = ld.add_subparsers(dest="leads_command", required=True, metavar="ACTION")
+    li = ld_sub.add_parser("import", help="import and clean a CSV or JSONL lead file into a campaign's store",
+                           description="Normalise numbers to E.164, merge duplicates by number, reject bad rows "
+                           "(written to a reject report: line, field, value, reason). A file that cannot be read "
+                           "as a whole is refused and nothing is imported. Re-importing updates, never "
+                           "duplicates.")
+    li.add_argument("file", help="CSV (header row with a phone column) or JSONL (one object per line)")
+    li.add_argument("--campaign", required=True, help="campaign TOML file (gives the store and default region)")
+    li.add_argument("--region", help="default region for numbers without a country code (default: campaign's)")
+    li.add_argument("--rejects", help="where to write the reject report (default: FILE.rejects.csv)")
+    li.add_argument("--output", help="also write the cleaned leads as JSONL (usable with `dialer run --leads`)")
+    li.set_defaults(func=cmd_leads_import)
 
     e = sub.add_parser("pbx-emulator", help="start the AMI-speaking PBX emulator (see its --help)",
                        add_help=False)

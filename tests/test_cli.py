@@ -103,16 +103,16 @@ def test_run_with_a_leads_file_reports_bad_rows(tmp_path):
                  str(tmp_path / "r"), "--json")
     assert out.returncode == 0, out.stderr
     assert f"{leads}:3: phone:" in out.stderr
-    assert f"{leads}:5: phone: duplicate" in out.stderr
+    assert f"{leads}: 1 rows merged" in out.stderr
     summary = json.loads(out.stdout)
     assert summary["dials"] >= 2
 
 
 def test_run_refuses_a_leads_file_without_phone_column(tmp_path):
     leads = tmp_path / "leads.csv"
-    leads.write_text("name,number\nA,+12125550101\n")
+    leads.write_text("name,mobile_no\nA,+12125550101\n")
     out = dialer("run", str(small(tmp_path)), "--leads", str(leads))
-    assert out.returncode == 2 and "no 'phone' column" in out.stderr
+    assert out.returncode == 2 and "no phone column" in out.stderr
 
 
 def test_simulate_compares_pacers(tmp_path):
@@ -160,3 +160,19 @@ def test_plugins_lists_pacers():
     out = dialer("plugins")
     assert out.returncode == 0
     assert "predictive" in out.stdout and "progressive" in out.stdout
+
+
+def test_leads_import_writes_a_reject_report_and_a_clean_file(tmp_path):
+    leads = tmp_path / "in.csv"
+    leads.write_text("phone,tier\n+1 212 555 0101,1\nbad,1\n(212) 555-0101,0\n+1 415 555 0177,2\n")
+    clean = tmp_path / "clean.jsonl"
+    out = dialer("leads", "import", str(leads), "--campaign", str(small(tmp_path)), "--output", str(clean))
+    assert out.returncode == 0, out.stderr
+    assert "2 leads accepted" in out.stdout and "1 rejected" in out.stdout and "1 merged" in out.stdout
+    rejects = list(csv.DictReader((tmp_path / "in.rejects.csv").open()))
+    assert [(r["line"], r["field"], r["value"]) for r in rejects] == [("3", "phone", "bad")]
+    rows = [json.loads(line) for line in clean.read_text().splitlines()]
+    assert [(r["phone"], r["tier"]) for r in rows] == [("+12125550101", 0), ("+14155550177", 2)]
+    run = dialer("run", str(small(tmp_path, duration="30m")), "--leads", str(clean), "--results", str(tmp_path / "r"),
+                 "--json")
+    assert run.returncode == 0, run.stderr
