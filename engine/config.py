@@ -129,6 +129,34 @@ def _default_dispositions() -> dict[str, Disposition]:
     }
 
 
+class TierRule(_Section):
+    """Leads matching this rule get this tier (the first matching rule wins; lower tiers dial first)."""
+
+    tier: int = Field(ge=0, le=9)
+    name: str = ""
+    tags_any: list[str] = Field(default_factory=list)  # any of these tags
+    attributes: dict[str, str] = Field(default_factory=dict)  # every attribute equal to this value
+    inactive_days: int | None = Field(default=None, ge=1)  # attribute last_activity older than this
+    skip: bool = False  # kept for nurture: never dialled by this campaign
+
+
+class RankingSection(_Section):
+    """Intent tiers and scoring by the built-in ranking plugin (plugins/ranking)."""
+
+    tiers: list[TierRule] = Field(default_factory=list)
+    default_tier: int = Field(default=1, ge=0, le=9)
+    tag_scores: dict[str, float] = Field(default_factory=dict)  # score added per matching tag
+    recency_days: float = Field(default=30.0, gt=0)  # newer last_activity scores higher, this half-life
+    products: dict[str, list[str]] = Field(default_factory=dict)  # product -> tags it suits (offer matching)
+
+
+class RiskSection(_Section):
+    """Risk alerts by the built-in risk plugin (plugins/risk)."""
+
+    complaint_dispositions: list[str] = Field(default_factory=lambda: ["complaint"])
+    sensitive_words_attribute: str = "sensitive_words"
+
+
 class ResultsSection(_Section):
     dir: str = "results"
     formats: list[Literal["csv", "jsonl"]] = Field(default_factory=lambda: ["csv", "jsonl"])
@@ -209,6 +237,8 @@ class CampaignConfig(_Section):
     compliance: ComplianceSection = ComplianceSection()
     dispositions: dict[str, Disposition] = Field(default_factory=_default_dispositions)
     results: ResultsSection = ResultsSection()
+    ranking: RankingSection = RankingSection()
+    risk: RiskSection = RiskSection()
     simulation: SimulationSection | None = None
     asterisk: AsteriskSection = AsteriskSection()
     redis: RedisSection = RedisSection()

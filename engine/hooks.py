@@ -70,6 +70,17 @@ def dialer_rank_lead(lead: Lead, campaign: CampaignConfig) -> float | Awaitable[
     """
 
 
+@hookspec(firstresult=True)
+def dialer_lead_tier(lead: Lead, campaign: CampaignConfig) -> int | None:
+    """Called for each lead as it is loaded into the store, before ``dialer_rank_lead``.
+
+    :param lead: the lead as imported.
+    :param campaign: the campaign configuration.
+    :return: the lead's intent tier (0 = highest, dialled first; 9 = lowest), or
+        None for no opinion. The first plugin with an opinion decides.
+    """
+
+
 # -- the pre-dial gate -------------------------------------------------------------------
 
 

@@ -75,11 +75,14 @@ async def await_maybe(value: Any) -> Any:
 
 
 async def rank_leads(pm: pluggy.PluginManager, campaign: Any, leads: Iterable[Any]) -> None:
-    """Add every ranking plugin's adjustment to each lead's score, before the leads are stored."""
-    hook = pm.hook.dialer_rank_lead
-    if not hook.get_hookimpls():
+    """Set each lead's tier and add every ranking plugin's adjustment to its score, before storing."""
+    tier_hook, hook = pm.hook.dialer_lead_tier, pm.hook.dialer_rank_lead
+    if not tier_hook.get_hookimpls() and not hook.get_hookimpls():
         return
     for lead in leads:
+        tier = tier_hook(lead=lead, campaign=campaign)
+        if tier is not None:
+            lead.tier = int(tier)
         total = 0.0
         for r in hook(lead=lead, campaign=campaign):
             r = await await_maybe(r)

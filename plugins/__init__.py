@@ -1,0 +1,1 @@
+"""Built-in plugins, loaded through the `dialer.plugins` entry points like any other."""

@@ -1,0 +1,90 @@
+"""Built-in ranking: intent tiers from rules, a score within the tier, the recommended offer.
+
+Tiers come from the campaign's ``[[ranking.tiers]]`` rules over tags,
+attributes and inactivity (the first matching rule wins). A tier rule with
+``skip = true`` keeps the lead for nurture: the gate refuses to dial it. The
+score orders leads within a tier: tag scores plus a recency bonus that halves
+every ``recency_days`` since the lead's ``last_activity``. Products are matched
+to the lead's tags, and the best match is shown to the agent as an alert.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from engine.hooks import hookimpl
+from engine.models import Alert, Lead, Veto
+
+
+def _last_activity(lead: Lead) -> datetime | None:
+    raw = lead.attributes.get("last_activity")
+    if not raw:
+        return None
+    try:
+        d = datetime.fromisoformat(str(raw))
+    except ValueError:
+        return None
+    return d if d.tzinfo else d.replace(tzinfo=UTC)
+
+
+def _matches(rule: Any, lead: Lead, now: datetime) -> bool:
+    if rule.tags_any and not set(rule.tags_any) & set(lead.tags):
+        return False
+    if any(str(lead.attributes.get(k)) != v for k, v in rule.attributes.items()):
+        return False
+    if rule.inactive_days is not None:
+        last = _last_activity(lead)
+        if last is None or (now - last).days < rule.inactive_days:
+            return False  # unknown activity is not evidence of inactivity
+    return bool(rule.tags_any or rule.attributes or rule.inactive_days is not None)
+
+
+def tier_rule(lead: Lead, campaign: Any, now: datetime | None = None) -> Any | None:
+    now = now or datetime.now(UTC)
+    return next((r for r in campaign.ranking.tiers if _matches(r, lead, now)), None)
+
+
+@hookimpl
+def dialer_lead_tier(lead: Lead, campaign: Any) -> int | None:
+    if not campaign.ranking.tiers:
+        return None
+    rule = tier_rule(lead, campaign)
+    return rule.tier if rule is not None else campaign.ranking.default_tier
+
+
+@hookimpl
+def dialer_rank_lead(lead: Lead, campaign: Any) -> float | None:
+    r = campaign.ranking
+    score = sum(r.tag_scores.get(t, 0.0) for t in lead.tags)
+    last = _last_activity(lead)
+    if last is not None:
+        age_days = max((datetime.now(UTC) - last).total_seconds() / 86400, 0.0)
+        score += 10.0 * math.pow(0.5, age_days / r.recency_days)
+    return score or None
+
+
+def recommend(lead: Lead, campaign: Any) -> tuple[str, int] | None:
+    """The product whose tags overlap the lead's tags most, with the overlap size."""
+    best = max(((name, len(set(tags) & set(lead.tags))) for name, tags in campaign.ranking.products.items()),
+               key=lambda x: x[1], default=None)
+    return best if best and best[1] > 0 else None
+
+
+@hookimpl
+def dialer_check_dial(ctx: Any, campaign: Any) -> Veto | None:
+    if not campaign.ranking.tiers:
+        return None
+    rule = tier_rule(ctx.lead, campaign)
+    if rule is not None and rule.skip:
+        return Veto("nurture_tier", f"tier {rule.name or rule.tier} is kept for nurture, not dialled")
+    return None
+
+
+@hookimpl
+def dialer_risk_alerts(ctx: Any, campaign: Any) -> list[Alert] | None:
+    best = recommend(ctx.lead, campaign)
+    if best is None:
+        return None
+    return [Alert("recommended_offer", f"recommended offer: {best[0]}", "info")]
