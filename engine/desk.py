@@ -8,7 +8,7 @@ skip on a previewed lead, and give a disposition at the end of wrap-up.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from engine.agents import AgentPool
 from engine.models import Agent, Alert, CallAttempt, Lead
@@ -20,6 +20,9 @@ class AgentDesk(Protocol):
 
     async def preview(self, agent: Agent, lead: Lead, alerts: tuple[Alert, ...]) -> bool:
         """Show the lead to the agent; True to dial it now, False to skip it."""
+
+    def show(self, agent: Agent, screen_pop: dict[str, Any]) -> None:
+        """Put the screen-pop of the call being connected on the agent's screen (must not block)."""
 
     async def wrap_up(self, agent: Agent, call: CallAttempt) -> str | None:
         """Return when the agent has finished after-call work, with their disposition (or None)."""

@@ -30,6 +30,7 @@ import pluggy
 import structlog
 
 from engine.agents import AgentPool
+from engine.audit import AuditLog
 from engine.calls import advance, final_outcome
 from engine.clock import Clock, iso
 from engine.config import CampaignConfig
@@ -50,6 +51,7 @@ from engine.models import (
 from engine.pacing import AbandonController, Estimates, Pacer, Snapshot, make_pacer
 from engine.pbx.base import Abandoned, Answered, CallEvent, Connected, Ended, PbxBackend, PbxError, Ringing
 from engine.plugins import Gate, await_maybe
+from engine.privacy import screen_pop
 from engine.results import ResultWriter
 from engine.retry import next_attempt_at
 from engine.store.base import AbandonCounts, Caps, Store, StoreUnavailable
@@ -69,7 +71,7 @@ class Dialer:
     def __init__(self, cfg: CampaignConfig, *, store: Store, pbx: PbxBackend, desk: AgentDesk,
                  agents: list[Agent], plugins: pluggy.PluginManager, clock: Clock,
                  pacer: Pacer | None = None, results: ResultWriter | None = None, node_id: str = "node-1",
-                 drain_timeout: float | None = None) -> None:
+                 drain_timeout: float | None = None, audit: AuditLog | None = None) -> None:
         self.cfg = cfg
         self.store = store
         self.pbx = pbx
@@ -77,6 +79,7 @@ class Dialer:
         self.clock = clock
         self.plugins = plugins
         self.results = results
+        self.audit = audit
         self.node_id = node_id
         self.pacer = pacer or make_pacer(cfg.campaign.mode)
         self.log = structlog.get_logger("engine.dialer").bind(campaign=cfg.id, node=node_id)
@@ -284,6 +287,7 @@ class Dialer:
             day_key = self._day_key(call.lead, wall)
             ctx = await self.store.dial_context(call.lead, now=wall, day_key=day_key)
             veto = await self.gate.check(ctx)
+            call.lead_history = ctx.history
             if veto is None:
                 call.alerts = await self.gate.alerts(ctx)
                 if agent is not None and not await self._preview(agent, call):
@@ -404,6 +408,10 @@ class Dialer:
                 else:
                     call.agent_id = agent.agent_id
                     agent.call_id = call.call_id
+                    if self.audit is not None:
+                        self.desk.show(agent, screen_pop(call.lead, agent_id=agent.agent_id,
+                                                         history=call.lead_history, alerts=call.alerts,
+                                                         audit=self.audit))
                     await self._pbx_quietly(self.pbx.connect(call.call_id, agent.agent_id), log, "connect")
             elif isinstance(ev, Connected):
                 if call.state in (CallState.ANSWERED_HUMAN, CallState.ANSWERED_MACHINE):

@@ -181,6 +181,7 @@ class CallAttempt:
     disposition: str | None = None
     alerts: tuple[Alert, ...] = ()
     wall_started: datetime | None = None  # wall-clock date of the dial, for reports
+    lead_history: tuple[dict[str, Any], ...] = ()  # earlier results of this lead, for the screen-pop
     history: list[tuple[float, CallState]] = field(default_factory=list)
 
 

@@ -22,6 +22,7 @@ class SimDesk:
         self.backend = backend
         self.rng = rng
         self.previews = 0
+        self.screen_pops: dict[str, dict] = {}  # last screen-pop per agent
 
     async def run(self, pool: AgentPool) -> None:
         for agent_id in pool.agents:
@@ -32,6 +33,9 @@ class SimDesk:
         self.previews += 1
         await asyncio.sleep(float(self.rng.exponential(self.a.think_mean)) if self.a.think_mean else 0.0)
         return bool(self.rng.random() >= self.a.skip_rate)
+
+    def show(self, agent: Agent, screen_pop: dict) -> None:
+        self.screen_pops[agent.agent_id] = screen_pop
 
     async def wrap_up(self, agent: Agent, call: CallAttempt) -> str | None:
         plan = self.backend.truth(call.call_id)

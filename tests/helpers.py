@@ -51,11 +51,13 @@ NO_ANSWER = CallPlan(None, cause=int(Q850.NO_ANSWER), end_after=25.0)
 
 async def run_script(cfg: CampaignConfig, plans: dict[str, CallPlan], *, agents: int = 1,
                      until: float | None = None, plugins: list[object] = (), store: MemoryStore | None = None,
-                     seed: int = 1, pacer: Any = None) -> tuple[Dialer, dict[str, Any], MemoryStore]:
+                     seed: int = 1, pacer: Any = None, leads: list[Lead] | None = None,
+                     **dialer_kwargs: Any) -> tuple[Dialer, dict[str, Any], MemoryStore]:
     """Run the real dialer on the sim backend with scripted customers (inside a virtual-time loop)."""
     store = store or MemoryStore()
-    await store.add_leads(Lead(lead_id=lid, campaign_id=cfg.id, phone=f"+1212555{i:04d}")
-                          for i, lid in enumerate(plans, 1))
+    await store.add_leads(leads if leads is not None else
+                          [Lead(lead_id=lid, campaign_id=cfg.id, phone=f"+1212555{i:04d}")
+                           for i, lid in enumerate(plans, 1)])
     backend = SimBackend(Script(plans), amd=cfg.amd.enabled)
     sim = cfg.simulation
     desk = SimDesk(sim.agent if sim else _agent_model(), sim.customers if sim else _customer_model(), backend,
@@ -66,7 +68,7 @@ async def run_script(cfg: CampaignConfig, plans: dict[str, CallPlan], *, agents:
                     agents=[Agent(f"A{i}") for i in range(1, agents + 1)],
                     plugins=make_plugin_manager(entry_points_too=False, extra=plugins),
                     clock=LoopClock(datetime(2026, 1, 5, 14, 0)),
-                    pacer=pacer or make_pacer(cfg.campaign.mode))
+                    pacer=pacer or make_pacer(cfg.campaign.mode), **dialer_kwargs)
     summary = await dialer.run(until=until)
     return dialer, summary, store
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import plugins.ranking as ranking
-import plugins.risk as risk
 from helpers import campaign, human, run_script
 
+import plugins.ranking as ranking
+import plugins.risk as risk
 from engine.models import Lead
 from engine.plugins import Gate, make_plugin_manager, rank_leads
 from engine.store.base import DialContext
