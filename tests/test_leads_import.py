@@ -86,7 +86,7 @@ def test_semicolon_csv_and_a_bom(tmp_path):
 
 def test_wrong_encoding_is_refused_whole(tmp_path):
     p = write(tmp_path, "leads.csv", "phone,name\n+12125550142,Jos\xe9\n".encode("latin-1"))
-    with pytest.raises(LeadFileError, match="not UTF-8.*nothing was imported"):
+    with pytest.raises(LeadFileError, match=r"not UTF-8.*nothing was imported"):
         load_leads(p, "c1")
 
 
