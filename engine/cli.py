@@ -235,6 +235,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- dialer report ----------------------------------------------------------------------
+
+
+def cmd_report_results(args: argparse.Namespace) -> int:
+    from engine.results_report import format_results_report, read_results, summarize_results
+
+    cfg = _load(args.campaign)
+    report = summarize_results(read_results(args.results), cfg)
+    print(json.dumps(report) if args.json else format_results_report(report))
+    return EXIT_OK
+
+
 # -- dialer plugins -----------------------------------------------------------------------
 
 
@@ -328,6 +340,15 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("--rejects", help="where to write the reject report (default: FILE.rejects.csv)")
     li.add_argument("--output", help="also write the cleaned leads as JSONL (usable with `dialer run --leads`)")
     li.set_defaults(func=cmd_leads_import)
+
+    rp = sub.add_parser("report", help="reports on a campaign (results)")
+    rp_sub = rp.add_subparsers(dest="report_command", required=True, metavar="REPORT")
+    rr = rp_sub.add_parser("results", help="contacts by tier and customer type, conversion, follow-ups",
+                           description="Summarise a results file written by `dialer run`.")
+    rr.add_argument("campaign", help="campaign TOML file (its dispositions say what a conversion is)")
+    rr.add_argument("results", help="results CSV or JSONL written by `dialer run`")
+    rr.add_argument("--json", action="store_true")
+    rr.set_defaults(func=cmd_report_results)
 
     e = sub.add_parser("pbx-emulator", help="start the AMI-speaking PBX emulator (see its --help)",
                        add_help=False)

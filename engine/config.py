@@ -111,21 +111,49 @@ class CapsSection(_Section):
 
 
 class Disposition(_Section):
-    final: bool = False
-    retry_after: Duration | None = None
-    dnc: bool = False
-    success: bool = False
+    """What an agent's disposition does to the lead."""
+
+    final: bool = False  # the lead is finished
+    retry_after: Duration | None = None  # try again after this, within retry.max_attempts
+    follow_up: Duration | None = None  # a follow-up task: called back after this, with priority
+    same_agent: bool = False  # the follow-up goes to the agent who set it, when they are available
+    customer_follow_ups: bool = False  # follow the customer type's schedule (e.g. hesitant: 3 d, 1 week)
+    dnc: bool = False  # the number goes on the DNC list at once
+    success: bool = False  # counts as a conversion in reports
+
+
+class CustomerType(_Section):
+    """A kind of customer and how to work them; named by the lead attribute ``customer_type``."""
+
+    strategy: str = ""  # shown to the agent in the screen-pop
+    questions: list[str] = Field(default_factory=list)  # discovery questions to ask
+    offer: str | None = None  # offer rule, e.g. "10% off the first year" for price-sensitive customers
+    follow_ups: list[Duration] = Field(default_factory=list)  # delays of successive follow-ups
+
+
+def _default_customer_types() -> dict[str, CustomerType]:
+    return {
+        "explicit_need": CustomerType(strategy="Fast close: confirm the need, present the offer, close."),
+        "implicit_need": CustomerType(strategy="Discovery first.",
+                                      questions=["What made you look at this?", "What would change for you?"]),
+        "price_sensitive": CustomerType(strategy="Lead with value, then the offer rule.",
+                                        offer="10% off the first year"),
+        "hesitant": CustomerType(strategy="No pressure; agree the next contact.",
+                                 follow_ups=[3 * 86400.0, 7 * 86400.0]),
+    }
 
 
 def _default_dispositions() -> dict[str, Disposition]:
     return {
         "sale": Disposition(final=True, success=True),
-        "callback": Disposition(retry_after=86400.0),
+        "callback": Disposition(follow_up=86400.0, same_agent=True),
         "not_interested": Disposition(final=True),
         "refused": Disposition(final=True, dnc=True),
         "dnc_request": Disposition(final=True, dnc=True),
         "wrong_number": Disposition(final=True),
         "answering_machine": Disposition(retry_after=14400.0),
+        "undecided": Disposition(customer_follow_ups=True),
+        "complaint": Disposition(final=True),
     }
 
 
@@ -236,12 +264,24 @@ class CampaignConfig(_Section):
     hours: HoursSection = HoursSection()
     compliance: ComplianceSection = ComplianceSection()
     dispositions: dict[str, Disposition] = Field(default_factory=_default_dispositions)
+    customer_types: dict[str, CustomerType] = Field(default_factory=_default_customer_types)
     results: ResultsSection = ResultsSection()
     ranking: RankingSection = RankingSection()
     risk: RiskSection = RiskSection()
     simulation: SimulationSection | None = None
     asterisk: AsteriskSection = AsteriskSection()
     redis: RedisSection = RedisSection()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_defaults(cls, data: Any) -> Any:
+        """Dispositions and customer types named in the file add to (or override) the defaults."""
+        if isinstance(data, dict):
+            data = dict(data)
+            for key, defaults in (("dispositions", _default_dispositions), ("customer_types", _default_customer_types)):
+                if isinstance(data.get(key), dict):
+                    data[key] = {**{k: v.model_dump() for k, v in defaults().items()}, **data[key]}
+        return data
 
     @property
     def id(self) -> str:

@@ -509,7 +509,7 @@ class Dialer:
         wall = self.clock.now()
         result = self._result(call, outcome)
         rule = self.cfg.dispositions.get(call.disposition or "")
-        next_at = next_attempt_at(self.cfg, outcome, call.disposition, call.lead.attempts + 1, wall)
+        next_at = next_attempt_at(self.cfg, outcome, call.disposition, call.lead.attempts + 1, wall, call.lead)
         if self.results is not None:
             self.results.write(result.as_row())
         await self._until_stored(lambda: self.store.finish_attempt(
@@ -589,6 +589,9 @@ class Dialer:
             wait_s=span(call.answered_at, call.connected_at or (call.ended_at if call.answered_at else None)),
             talk_s=span(call.connected_at, call.ended_at),
             phone_masked=mask_phone(call.lead.phone),
+            tier=call.lead.tier,
+            customer_type=call.lead.attributes.get("customer_type"),
+            follow_up=bool(call.lead.attributes.get("follow_up_due")),
         )
 
     def _summarize(self) -> dict[str, Any]:

@@ -203,6 +203,9 @@ class CallResult:
     wait_s: float | None  # answer to agent connect (or to abandon)
     talk_s: float | None
     phone_masked: str
+    tier: int = 1
+    customer_type: str | None = None
+    follow_up: bool = False  # this attempt was a follow-up task coming due
 
     def as_row(self) -> dict[str, Any]:
         return {
@@ -220,6 +223,9 @@ class CallResult:
             "wait_s": self.wait_s,
             "talk_s": self.talk_s,
             "phone": self.phone_masked,
+            "tier": self.tier,
+            "customer_type": self.customer_type,
+            "follow_up": self.follow_up,
         }
 
 

@@ -3,20 +3,39 @@
 from __future__ import annotations
 
 from engine.config import CampaignConfig
-from engine.models import Outcome
+from engine.models import Lead, Outcome
+
+
+def follow_up_delay(cfg: CampaignConfig, disposition: str | None, lead: Lead | None) -> float | None:
+    """Delay of the follow-up task a disposition creates, or None when it creates none."""
+    rule = cfg.dispositions.get(disposition or "")
+    if rule is None:
+        return None
+    if rule.follow_up is not None:
+        return rule.follow_up
+    if rule.customer_follow_ups and lead is not None:
+        kind = cfg.customer_types.get(str(lead.attributes.get("customer_type", "")))
+        done = int(lead.attributes.get("follow_ups_done", 0) or 0)
+        if kind is not None and done < len(kind.follow_ups):
+            return kind.follow_ups[done]
+    return None
 
 
 def next_attempt_at(cfg: CampaignConfig, outcome: Outcome, disposition: str | None, attempts: int,
-                    now: float) -> float | None:
+                    now: float, lead: Lead | None = None) -> float | None:
     """Wall-clock time of the next attempt, or None when the lead is finished.
 
-    An agent's disposition, when there is one, decides (a sale is final, a
-    callback comes back after its delay); otherwise the outcome's delay from
+    A follow-up task (from the disposition, or the customer type's schedule)
+    comes first. Otherwise an agent's disposition, when there is one, decides
+    (a sale is final, a callback comes back after its delay); otherwise the outcome's delay from
     ``[retry]`` applies, until ``max_attempts`` is reached. Invalid numbers are
     never retried.
     """
     if outcome == Outcome.INVALID_NUMBER:
         return None
+    follow_up = follow_up_delay(cfg, disposition, lead)
+    if follow_up is not None:
+        return now + follow_up  # an agreed follow-up is kept even past max_attempts (caps still apply)
     if disposition is not None and disposition in cfg.dispositions:
         rule = cfg.dispositions[disposition]
         if rule.final or rule.dnc:

@@ -32,8 +32,22 @@ from simulations.vloop import run_virtual
 
 
 def generate_leads(cfg: CampaignConfig, n: int, seed: int) -> list[Lead]:
-    phones = generate_phones(n, np.random.default_rng([seed, 3]))
-    return [Lead(lead_id=f"L{i:07d}", campaign_id=cfg.id, phone=p) for i, p in enumerate(phones, 1)]
+    """Leads with fictional numbers; when the campaign ranks by tags or customer types, each lead
+    gets a seeded draw of the tags its rules and products mention, and a customer type."""
+    rng = np.random.default_rng([seed, 3])
+    phones = generate_phones(n, rng)
+    tags = sorted({t for r in cfg.ranking.tiers for t in r.tags_any}
+                  | {t for ts in cfg.ranking.products.values() for t in ts})
+    types = sorted(cfg.customer_types) if cfg.ranking.tiers else []
+    leads = []
+    for i, p in enumerate(phones, 1):
+        lead = Lead(lead_id=f"L{i:07d}", campaign_id=cfg.id, phone=p)
+        if tags:
+            lead.tags = tuple(t for t in tags if rng.random() < 0.2)
+        if types:
+            lead.attributes = {"customer_type": types[int(rng.integers(len(types)))]}
+        leads.append(lead)
+    return leads
 
 
 async def run_sim_campaign(cfg: CampaignConfig, *, leads: list[Lead] | None = None, store: Store | None = None,

@@ -176,3 +176,15 @@ def test_leads_import_writes_a_reject_report_and_a_clean_file(tmp_path):
     run = dialer("run", str(small(tmp_path, duration="30m")), "--leads", str(clean), "--results", str(tmp_path / "r"),
                  "--json")
     assert run.returncode == 0, run.stderr
+
+
+def test_demo_with_tiers_and_its_results_report(tmp_path):
+    out = dialer("run", "config/demo_tiers.toml", "--quiet", "--json", "--results", str(tmp_path), "--until", "7200")
+    assert out.returncode == 0, out.stderr
+    csv_path = json.loads(out.stdout)["results"]["csv"]
+    rep = dialer("report", "results", "config/demo_tiers.toml", csv_path, "--json")
+    assert rep.returncode == 0, rep.stderr
+    report = json.loads(rep.stdout)
+    assert set(report["by_tier"]) >= {"0", "1"}
+    assert "hesitant" in report["by_customer_type"]
+    assert report["total"]["conversions"] > 0 and report["follow_ups"]["created"] > 0

@@ -1,0 +1,67 @@
+"""Dispositions and follow-up tasks: timing, priority, completion, customer types, the report."""
+
+from __future__ import annotations
+
+from helpers import campaign, human, run_script
+
+import plugins.followups as followups
+from engine.models import Lead, Outcome
+from engine.results_report import format_results_report, summarize_results
+from engine.retry import follow_up_delay, next_attempt_at
+
+DAY = 86400.0
+
+
+def test_disposition_follow_up_and_customer_type_schedule():
+    cfg = campaign(dispositions={"think_about_it": {"follow_up": "2d"}})
+    assert set(cfg.dispositions) >= {"sale", "callback", "think_about_it"}  # added to the defaults
+    hesitant = Lead("L1", "t", "+12125550001", attributes={"customer_type": "hesitant"})
+    assert follow_up_delay(cfg, "think_about_it", hesitant) == 2 * DAY
+    assert follow_up_delay(cfg, "undecided", hesitant) == 3 * DAY
+    hesitant.attributes["follow_ups_done"] = 1
+    assert follow_up_delay(cfg, "undecided", hesitant) == 7 * DAY
+    hesitant.attributes["follow_ups_done"] = 2
+    assert follow_up_delay(cfg, "undecided", hesitant) is None  # schedule exhausted
+    assert follow_up_delay(cfg, "sale", hesitant) is None
+    # An agreed follow-up is kept past max_attempts; a plain retry is not.
+    assert next_attempt_at(cfg, Outcome.CONNECTED, "think_about_it", 99, 1000.0) == 1000.0 + 2 * DAY
+    assert next_attempt_at(cfg, Outcome.BUSY, None, 99, 1000.0) is None
+    assert next_attempt_at(cfg, Outcome.CONNECTED, "sale", 1, 1000.0) is None
+
+
+def test_follow_up_is_created_dialled_first_when_due_and_completed(vrun, monkeypatch):
+    import simulations.agents as sim_agents
+
+    dispositions = iter(["callback", "sale"])
+
+    async def wrap(self, agent, call):
+        return next(dispositions)
+
+    monkeypatch.setattr(sim_agents.SimDesk, "wrap_up", wrap)
+    cfg = campaign(dispositions={"callback": {"follow_up": "1h", "same_agent": True}})
+    leads = [Lead("L1", "t", "+12125550001", tier=5)]
+    dialer, summary, store = vrun(run_script(cfg, {"L1": human(talk=30)}, leads=leads, plugins=[followups],
+                                             until=3 * 3600))
+    rows = vrun(store.results("t"))
+    assert [(r["disposition"], r["follow_up"]) for r in rows] == [("callback", False), ("sale", True)]
+    assert rows[1]["tier"] == 0  # dialled with priority
+    assert store._leads[("t", "L1")].attributes["follow_ups_done"] == 1
+    assert store._leads[("t", "L1")].tier == 5  # priority handed back once completed
+
+
+def test_results_report_by_tier_and_type():
+    cfg = campaign()
+    rows = [
+        {"tier": 0, "customer_type": "hesitant", "outcome": "connected", "disposition": "callback",
+         "follow_up": False},
+        {"tier": 0, "customer_type": "hesitant", "outcome": "connected", "disposition": "sale", "follow_up": True},
+        {"tier": 1, "customer_type": None, "outcome": "no_answer", "disposition": None, "follow_up": False},
+        {"tier": 1, "customer_type": None, "outcome": "abandoned", "disposition": None, "follow_up": "False"},
+    ]
+    r = summarize_results(rows, cfg)
+    assert r["total"] == {"dials": 4, "contacts": 2, "conversions": 1, "abandoned": 1, "conversion_rate": 0.5}
+    assert r["by_tier"]["0"]["conversions"] == 1 and r["by_tier"]["1"]["contacts"] == 0
+    assert r["by_customer_type"]["unknown"]["dials"] == 2
+    assert r["follow_ups"] == {"created": 1, "completed": 1, "attempted": 1}
+    text = format_results_report(r)
+    assert "type hesitant" in text and "1 created" in text
