@@ -58,6 +58,7 @@ from engine.store.base import AbandonCounts, Caps, Store, StoreUnavailable
 
 MAX_CALL_S = 4 * 3600.0  # a connected call with no end event this long is presumed lost
 EVENT_GRACE_S = 30.0  # how late the PBX may be with an outcome before the call is presumed lost
+PACE_MIN_GAP_S = 0.1  # pacing decisions are at most this frequent
 
 
 @functools.lru_cache(maxsize=512)
@@ -173,12 +174,19 @@ class Dialer:
     # -- 1. lead supply and pacing --------------------------------------------------------
 
     async def _pace_loop(self) -> None:
+        """Decide at every change (an agent freed, a call ended) and at least every ``interval``;
+        changes closer together than ``PACE_MIN_GAP_S`` are decided on together, so a burst of
+        call ends costs one snapshot, not one per call."""
         interval = self.cfg.pacing.interval
+        gap = min(PACE_MIN_GAP_S, interval)
         while True:
             self._wake.clear()
             await self._pace_once()
+            await asyncio.sleep(gap)
+            if self._wake.is_set():
+                continue
             try:
-                async with asyncio.timeout(interval):
+                async with asyncio.timeout(interval - gap):
                     await self._wake.wait()
             except TimeoutError:
                 pass
@@ -311,6 +319,7 @@ class Dialer:
             call.dialed_at = self._loop.time()
             advance(call, CallState.ORIGINATING, call.dialed_at)
             self.counters.dials += 1
+            self.estimates.dialled(call.call_id)
             try:
                 await self.pbx.originate(call, ring_timeout=self.cfg.pacing.ring_timeout,
                                          caller_id=self.cfg.campaign.caller_id)
@@ -339,6 +348,7 @@ class Dialer:
             if call.call_id not in self._recorded:
                 await self._interrupted(call, agent, log, outcome=Outcome.UNKNOWN)
         finally:
+            self.estimates.forget(call.call_id)
             self._unanswered.pop(call.call_id, None)
             self._events.pop(call.call_id, None)
             self.calls.pop(call.call_id, None)
@@ -388,7 +398,7 @@ class Dialer:
                 self.counters.answered += 1
                 machine = ev.kind == AnswerKind.MACHINE
                 drop = machine and self.cfg.amd.enabled and self.cfg.amd.machine_action == "hangup"
-                self.estimates.observe_answer(not drop, now - (call.dialed_at or now))
+                self.estimates.observe_answer(not drop, now - (call.dialed_at or now), call.call_id)
                 if drop:
                     advance(call, CallState.ANSWERED_MACHINE, now)
                     await self._pbx_quietly(self.pbx.hangup(call.call_id), log, "hangup")
@@ -424,7 +434,7 @@ class Dialer:
                 call.cause = ev.cause
                 call.outcome = final_outcome(call, last, ev.cause, ev.reason)
                 if last in (CallState.ORIGINATING, CallState.RINGING) and ev.reason != "unknown":
-                    self.estimates.observe_answer(False)
+                    self.estimates.observe_answer(False, None, call.call_id)
                 self._count_end(call)
         if agent is not None and call.connected_at is None:
             # Answered but never bridged (hung up first), or a preview call never answered.

@@ -151,3 +151,35 @@ def test_pacers_are_registered_and_selectable():
     assert make_pacer("progressive").name == "progressive"
     with pytest.raises(KeyError, match="unknown pacer"):
         make_pacer("nope")
+
+
+def test_answer_rate_is_learnt_in_dial_order():
+    # Answers are known in seconds, no-answers only at the ring timeout: a wave of dials must not
+    # look like a wave of answers to the estimator.
+    est = Estimates(answer_rate=0.3)
+    for i in range(100):
+        est.dialled(f"c{i}")
+    for i in range(0, 100, 4):  # a quarter answer first
+        est.observe_answer(True, 5.0, f"c{i}")
+    assert est.answer.p == pytest.approx(0.3, abs=0.02)  # nothing learnt yet: c1 is unresolved
+    for i in range(100):
+        if i % 4:
+            est.observe_answer(False, None, f"c{i}")
+    assert est.answer.n == 100
+    assert est.answer.p < 0.3
+
+
+def test_lost_dial_does_not_block_learning():
+    est = Estimates(answer_rate=0.3)
+    est.dialled("a")
+    est.dialled("b")
+    est.observe_answer(True, 4.0, "b")
+    assert est.answer.n == 0
+    est.forget("a")
+    assert est.answer.n == 1
+
+
+def test_large_team_is_not_flooded_on_an_uncertain_answer_rate():
+    fresh = Estimates(answer_rate=0.25)  # prior only: p is uncertain
+    d = PredictivePacer().decide(snap(ready=1000, estimates=fresh))
+    assert d.dials * 0.25 < 1000  # expected answers stay below the agents waiting for them

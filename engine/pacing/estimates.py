@@ -104,6 +104,12 @@ class AnswerRate:
     def p(self) -> float:
         return self._a / (self._a + self._b)
 
+    @property
+    def variance(self) -> float:
+        """Uncertainty of ``p`` itself (Beta variance): large early on and with few dials remembered."""
+        n = self._a + self._b
+        return self._a * self._b / (n * n * (n + 1.0))
+
 
 class Estimates:
     """Everything learnt about one campaign's calls and agents."""
@@ -118,13 +124,45 @@ class Estimates:
         self.talk = Histogram(2.0, 7200.0, exponential_prior(talk_edges, talk_mean), 20.0, 2000.0)
         self.wrap = Histogram(1.0, 1800.0, gamma_prior(wrap_edges, wrap_mean, 8.0), 20.0, 2000.0)
         self.version = 0  # bumped on every observation, so consumers can cache derived arrays
+        self._pending: dict[str, bool | None] = {}  # dials in dial order -> outcome once known
         self._wrap_mean: float | None = None
 
-    def observe_answer(self, needs_agent: bool, ring_s: float | None = None) -> None:
-        self.answer.add(needs_agent)
+    def dialled(self, call_id: str) -> None:
+        """Register a dial so that its outcome is learnt in dial order (see ``observe_answer``)."""
+        self._pending[call_id] = None
+
+    def observe_answer(self, needs_agent: bool, ring_s: float | None = None, call_id: str | None = None) -> None:
+        """Learn one dial's outcome.
+
+        Answers are known within seconds, no-answers only at the ring timeout, so
+        learning outcomes in the order they become known over-weights answers
+        whenever the dial rate changes (and the pacer then over-dials, which
+        makes the next wave worse). Outcomes of registered dials are therefore
+        learnt in *dial* order: each waits until every earlier dial is resolved.
+        """
         if needs_agent and ring_s is not None:
             self.ring.add(ring_s)
+        if call_id is None or call_id not in self._pending:
+            self.answer.add(needs_agent)
+        else:
+            self._pending[call_id] = needs_agent
+            self._drain()
         self.version += 1
+
+    def forget(self, call_id: str) -> None:
+        """A dial whose outcome will never be known (lost, interrupted): stop waiting for it."""
+        if call_id in self._pending and self._pending[call_id] is None:
+            del self._pending[call_id]
+            self._drain()
+
+    def _drain(self) -> None:
+        while self._pending:
+            first = next(iter(self._pending))
+            outcome = self._pending[first]
+            if outcome is None:
+                return
+            del self._pending[first]
+            self.answer.add(outcome)
 
     def observe_talk(self, seconds: float) -> None:
         self.talk.add(seconds)

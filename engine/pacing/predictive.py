@@ -66,6 +66,10 @@ class PredictivePacer:
             a = est.answered_within(np.asarray(snap.ringing), horizons)
             mu_d += a.sum(0)
             var_d += (a * (1.0 - a)).sum(0)
+        p = max(est.answer.p, 1e-6)
+        # Every call shares the same unknown answer rate: its uncertainty does not average out, and
+        # dominates the binomial noise for large teams and early in a campaign.
+        ringing_per_p = (mu_d - snap.waiting) / p
 
         mu_s = np.full(len(horizons), float(snap.ready))
         var_s = np.zeros(len(horizons))
@@ -80,8 +84,12 @@ class PredictivePacer:
 
         others = np.arange(max_new, dtype=float)[:, None]  # new dials ahead of the candidate
         mu = mu_d + others * a_new - mu_s
-        var = var_d + var_s + others * a_new * (1.0 - a_new) + 0.05
-        risk_h = normal_sf((-0.5 - mu) / np.sqrt(var))  # P(demand - supply >= 0)
+        per_p = ringing_per_p + others * (a_new / p)
+        var = var_d + var_s + others * a_new * (1.0 - a_new) + per_p * per_p * est.answer.variance + 0.05
+        risk_h = normal_sf((-0.5 - mu) / np.sqrt(var))  # P(demand - supply >= 0) by each horizon
+        # A call answered early takes an agent that a later answer would have had: it adds an abandon
+        # whenever demand overtakes supply at its answer time *or later*, hence the running max from the end.
+        risk_h = np.maximum.accumulate(risk_h[:, ::-1], axis=1)[:, ::-1]
         return risk_h @ weight
 
     def decide(self, snap: Snapshot) -> Decision:
