@@ -3,6 +3,11 @@
 A live answer needs an agent within the connect limit. Agents who become free
 go first to the oldest answered call waiting for one (it is about to be
 abandoned), and only then back to the ready queue, longest idle first.
+
+Agents belong to one *group* (one per pacing lane: e.g. senior agents taking
+high-intent leads in preview while the others work the rest predictively). A
+campaign with a single lane has the single group ``""``. Answers are served
+within their own group, so each lane's pacer sees exactly the agents it can use.
 """
 
 from __future__ import annotations
@@ -31,15 +36,20 @@ class AgentStateError(RuntimeError):
 
 class AgentPool:
     def __init__(self, agents: Iterable[Agent], clock: Callable[[], float],
-                 on_ready: Callable[[], None] = lambda: None) -> None:
+                 on_ready: Callable[[], None] = lambda: None, groups: dict[str, str] | None = None) -> None:
         self._clock = clock
         self._on_ready = on_ready
         self.agents: dict[str, Agent] = {a.agent_id: a for a in agents}
+        self.group_of: dict[str, str] = {a: (groups or {}).get(a, "") for a in self.agents}
+        self.groups: tuple[str, ...] = tuple(dict.fromkeys(self.group_of.values())) or ("",)
         self.by_state: dict[AgentState, dict[str, Agent]] = {s: {} for s in AgentState}
+        self._by_group: dict[str, dict[AgentState, dict[str, Agent]]] = {
+            g: {s: {} for s in AgentState} for g in self.groups}
         for a in self.agents.values():
             self.by_state[a.state][a.agent_id] = a
-        self._ready: OrderedDict[str, Agent] = OrderedDict()  # longest idle first
-        self._waiters: deque[asyncio.Future[Agent | None]] = deque()
+            self._by_group[self.group_of[a.agent_id]][a.state][a.agent_id] = a
+        self._ready: dict[str, OrderedDict[str, Agent]] = {g: OrderedDict() for g in self.groups}  # longest idle first
+        self._waiters: dict[str, deque[asyncio.Future[Agent | None]]] = {g: deque() for g in self.groups}
         self.time_in: dict[str, dict[AgentState, float]] = {a: {} for a in self.agents}
 
     # -- state changes ------------------------------------------------------------------
@@ -50,10 +60,13 @@ class AgentPool:
         now = self._clock()
         spent = self.time_in[agent.agent_id]
         spent[agent.state] = spent.get(agent.state, 0.0) + (now - agent.since)
+        group = self.group_of[agent.agent_id]
         del self.by_state[agent.state][agent.agent_id]
-        self._ready.pop(agent.agent_id, None)
+        del self._by_group[group][agent.state][agent.agent_id]
+        self._ready[group].pop(agent.agent_id, None)
         agent.state, agent.since = state, now
         self.by_state[state][agent.agent_id] = agent
+        self._by_group[group][state][agent.agent_id] = agent
 
     def login(self, agent_id: str) -> None:
         self.make_ready(self.agents[agent_id])
@@ -72,30 +85,34 @@ class AgentPool:
         """The agent can take a call: give them to the oldest waiting answer, else queue them."""
         if agent.state != AgentState.READY:
             self._move(agent, AgentState.READY)
-        while self._waiters:
-            waiter = self._waiters.popleft()
+        group = self.group_of[agent.agent_id]
+        waiters = self._waiters[group]
+        while waiters:
+            waiter = waiters.popleft()
             if not waiter.done():
                 self._move(agent, AgentState.ON_CALL)
                 waiter.set_result(agent)
                 return
-        self._ready[agent.agent_id] = agent
+        self._ready[group][agent.agent_id] = agent
         self._on_ready()
 
-    def start_preview(self) -> Agent | None:
-        """Take the longest-idle ready agent to show them a lead."""
-        if not self._ready:
+    def start_preview(self, group: str = "") -> Agent | None:
+        """Take the longest-idle ready agent of the group to show them a lead."""
+        ready = self._ready[group]
+        if not ready:
             return None
-        agent = next(iter(self._ready.values()))
+        agent = next(iter(ready.values()))
         self._move(agent, AgentState.PREVIEWING)
         return agent
 
     def end_preview(self, agent: Agent) -> None:
         self.make_ready(agent)
 
-    def take_ready(self) -> Agent | None:
-        if not self._ready:
+    def take_ready(self, group: str = "") -> Agent | None:
+        ready = self._ready[group]
+        if not ready:
             return None
-        agent = next(iter(self._ready.values()))
+        agent = next(iter(ready.values()))
         self._move(agent, AgentState.ON_CALL)
         return agent
 
@@ -110,18 +127,19 @@ class AgentPool:
         """An agent handed to a call that ended before the bridge goes straight back, without wrap-up."""
         self.make_ready(agent)
 
-    async def acquire(self, limit: float, waiter: asyncio.Future[Agent | None] | None = None) -> Agent | None:
-        """An agent for an answered call within ``limit`` seconds, or None (the call is abandoned).
+    async def acquire(self, limit: float, waiter: asyncio.Future[Agent | None] | None = None,
+                      group: str = "") -> Agent | None:
+        """An agent of ``group`` for an answered call within ``limit`` seconds, or None (abandoned).
 
         The caller may pass the ``waiter`` future and resolve it with None itself
         to give up early (the customer hung up while waiting).
         """
-        agent = self.take_ready()
+        agent = self.take_ready(group)
         if agent is not None:
             return agent
         if waiter is None:
             waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        self._waiters[group].append(waiter)
         try:
             async with asyncio.timeout(limit):
                 return await asyncio.shield(waiter)
@@ -139,16 +157,17 @@ class AgentPool:
 
     # -- figures ------------------------------------------------------------------------
 
-    @property
-    def waiting_calls(self) -> int:
-        return sum(1 for w in self._waiters if not w.done())
+    def waiting_calls(self, group: str | None = None) -> int:
+        queues = self._waiters.values() if group is None else (self._waiters[group],)
+        return sum(1 for q in queues for w in q if not w.done())
 
-    def count(self, state: AgentState) -> int:
-        return len(self.by_state[state])
+    def count(self, state: AgentState, group: str | None = None) -> int:
+        return len(self.by_state[state] if group is None else self._by_group[group][state])
 
-    def elapsed(self, state: AgentState) -> tuple[float, ...]:
+    def elapsed(self, state: AgentState, group: str | None = None) -> tuple[float, ...]:
         now = self._clock()
-        return tuple(now - a.since for a in self.by_state[state].values())
+        agents = self.by_state[state] if group is None else self._by_group[group][state]
+        return tuple(now - a.since for a in agents.values())
 
     def totals(self) -> dict[AgentState, float]:
         """Seconds spent in each state by the whole team, up to now."""

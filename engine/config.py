@@ -176,6 +176,15 @@ class RankingSection(_Section):
     tag_scores: dict[str, float] = Field(default_factory=dict)  # score added per matching tag
     recency_days: float = Field(default=30.0, gt=0)  # newer last_activity scores higher, this half-life
     products: dict[str, list[str]] = Field(default_factory=dict)  # product -> tags it suits (offer matching)
+    modes: dict[str, str] = Field(default_factory=dict)  # tier -> pacing mode, e.g. { "0" = "preview" }
+    mode_skills: dict[str, str] = Field(default_factory=dict)  # mode -> agent skill it needs
+
+    @model_validator(mode="after")
+    def _tiers(self) -> RankingSection:
+        for key in self.modes:
+            if not key.isdigit() or not 0 <= int(key) <= 9:
+                raise ValueError(f"modes: {key!r} is not a tier (0 to 9)")
+        return self
 
 
 class RiskSection(_Section):
@@ -219,6 +228,13 @@ class AgentModel(_Section):
     wrap_fixed: bool = True
     think_mean: Duration = Field(default=8.0, ge=0)
     skip_rate: float = Field(default=0.05, ge=0, le=1)
+
+
+class AgentsSection(_Section):
+    """Agent attributes the engine routes on."""
+
+    skills: dict[str, list[str]] = Field(default_factory=dict)  # agent id -> skills
+    simulated_skills: dict[str, int] = Field(default_factory=dict)  # skill -> how many simulated agents have it
 
 
 class SimulationSection(_Section):
@@ -267,6 +283,7 @@ class CampaignConfig(_Section):
     customer_types: dict[str, CustomerType] = Field(default_factory=_default_customer_types)
     results: ResultsSection = ResultsSection()
     ranking: RankingSection = RankingSection()
+    agents: AgentsSection = AgentsSection()
     risk: RiskSection = RiskSection()
     simulation: SimulationSection | None = None
     asterisk: AsteriskSection = AsteriskSection()
@@ -362,6 +379,10 @@ def campaign_from_dict(data: dict[str, Any], *, source: str = "<config>", text: 
             f"{where}campaign.mode: unknown pacer {cfg.campaign.mode!r} "
             f"(available: {', '.join(sorted(known_modes))})"
         )
+    for tier, mode in cfg.ranking.modes.items():
+        if known_modes is not None and mode not in known_modes:
+            available = ", ".join(sorted(known_modes))
+            problems.append(f"ranking.modes.{tier}: unknown pacer {mode!r} (available: {available})")
     try:
         from zoneinfo import ZoneInfo
 

@@ -36,6 +36,7 @@ from engine.clock import Clock, iso
 from engine.config import CampaignConfig
 from engine.desk import AgentDesk
 from engine.kpi import Counters, summarize
+from engine.lanes import Lane, build_lanes
 from engine.models import (
     Agent,
     AgentState,
@@ -48,7 +49,7 @@ from engine.models import (
     Veto,
     mask_phone,
 )
-from engine.pacing import AbandonController, Estimates, Pacer, Snapshot, make_pacer
+from engine.pacing import AbandonController, Decision, Estimates, Pacer, Snapshot
 from engine.pbx.base import Abandoned, Answered, CallEvent, Connected, Ended, PbxBackend, PbxError, Ringing
 from engine.plugins import Gate, await_maybe
 from engine.privacy import screen_pop
@@ -59,6 +60,16 @@ from engine.store.base import AbandonCounts, Caps, Store, StoreUnavailable
 MAX_CALL_S = 4 * 3600.0  # a connected call with no end event this long is presumed lost
 EVENT_GRACE_S = 30.0  # how late the PBX may be with an outcome before the call is presumed lost
 PACE_MIN_GAP_S = 0.1  # pacing decisions are at most this frequent
+
+
+class _Combined:
+    """The name a campaign with several lanes reports (e.g. ``predictive+preview``)."""
+
+    def __init__(self, lanes: list[Lane]) -> None:
+        self.name = "+".join(lane.pacer.name for lane in lanes)
+
+    def decide(self, snap: Snapshot) -> Decision:
+        raise RuntimeError("each lane decides with its own pacer")
 
 
 @functools.lru_cache(maxsize=512)
@@ -82,7 +93,8 @@ class Dialer:
         self.results = results
         self.audit = audit
         self.node_id = node_id
-        self.pacer = pacer or make_pacer(cfg.campaign.mode)
+        self.lanes, groups = build_lanes(cfg, agents, pacer)
+        self.pacer = self.lanes[0].pacer if len(self.lanes) == 1 else _Combined(self.lanes)
         self.log = structlog.get_logger("engine.dialer").bind(campaign=cfg.id, node=node_id)
         self.gate = Gate(plugins, cfg)
         p = cfg.pacing
@@ -93,11 +105,12 @@ class Dialer:
         self.counters = Counters()
         self.drain_timeout = drain_timeout if drain_timeout is not None else p.drain_timeout
         self._loop = asyncio.get_running_loop()
-        self.pool = AgentPool(agents, self._loop.time, on_ready=self.nudge)
+        self.pool = AgentPool(agents, self._loop.time, on_ready=self.nudge, groups=groups)
+        self._lane_of: dict[str, Lane] = {}  # call id -> its lane
         self.calls: dict[str, CallAttempt] = {}
         self._events: dict[str, asyncio.Queue[CallEvent]] = {}
-        self._unanswered: dict[str, float] = {}  # call id -> loop time it was started
-        self._waiting_agent = 0  # live answers waiting for an agent
+        self._unanswered: dict[str, dict[str, float]] = {lane.name: {} for lane in self.lanes}  # started at
+        self._waiting_agent: dict[str, int] = {lane.name: 0 for lane in self.lanes}  # answers waiting
         self._tasks: set[asyncio.Task[None]] = set()
         self._recorded: set[str] = set()  # calls whose result is being or has been recorded
         self._agent_waits: dict[str, asyncio.Future[Agent | None]] = {}
@@ -191,18 +204,20 @@ class Dialer:
             except TimeoutError:
                 pass
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self, lane: Lane | None = None) -> Snapshot:
+        """What one lane's pacer decides on (the only lane when the campaign has one)."""
+        lane = lane or self.lanes[0]
         now = self._loop.time()
-        pool, p = self.pool, self.cfg.pacing
+        pool, p, g = self.pool, self.cfg.pacing, lane.name
         return Snapshot(
             now=now,
-            ready=pool.count(AgentState.READY),
-            on_call=pool.elapsed(AgentState.ON_CALL),
-            wrap_up=pool.elapsed(AgentState.WRAP_UP),
-            previewing=pool.count(AgentState.PREVIEWING),
-            paused=pool.count(AgentState.PAUSED),
-            ringing=tuple(now - t for t in self._unanswered.values()),
-            waiting=self._waiting_agent,
+            ready=pool.count(AgentState.READY, g),
+            on_call=pool.elapsed(AgentState.ON_CALL, g),
+            wrap_up=pool.elapsed(AgentState.WRAP_UP, g),
+            previewing=pool.count(AgentState.PREVIEWING, g),
+            paused=pool.count(AgentState.PAUSED, g),
+            ringing=tuple(now - t for t in self._unanswered[g].values()),
+            waiting=self._waiting_agent[g],
             estimates=self.estimates,
             allowance=self.controller.allowance,
             connect_limit=p.connect_limit,
@@ -227,22 +242,26 @@ class Dialer:
         if self.store_down:
             await self.store.lead_counts(self.cfg.id)  # probe before deciding anything
         await self._observe_abandons()
-        decision = self.pacer.decide(self.snapshot())
-        wanted = decision.dials + decision.previews
-        if wanted <= 0:
-            return
-        wall = self.clock.now()
-        leads = await self.store.claim_leads(self.cfg.id, wanted, now=wall, node_id=self.node_id,
-                                             lease_s=self.cfg.pacing.lease)
-        for i, lead in enumerate(leads):
-            agent = None
-            if i < decision.previews:
-                agent = self.pool.start_preview()
-                if agent is None:
-                    await self.store.release_lead(lead, now=wall, next_eligible=wall)
-                    continue
-            self._spawn(lead, agent)
-        if len(leads) < wanted and not self._tasks:
+        short = False
+        for lane in self.lanes:
+            decision = lane.pacer.decide(self.snapshot(lane))
+            wanted = decision.dials + decision.previews
+            if wanted <= 0:
+                continue
+            wall = self.clock.now()
+            by_tier = {} if lane.tiers is None else {"tiers": lane.tiers}
+            leads = await self.store.claim_leads(self.cfg.id, wanted, now=wall, node_id=self.node_id,
+                                                 lease_s=self.cfg.pacing.lease, **by_tier)
+            for i, lead in enumerate(leads):
+                agent = None
+                if i < decision.previews:
+                    agent = self.pool.start_preview(lane.name)
+                    if agent is None:
+                        await self.store.release_lead(lead, now=wall, next_eligible=wall)
+                        continue
+                self._spawn(lead, agent, lane)
+            short = short or len(leads) < wanted
+        if short and not self._tasks:
             await self._check_exhausted()
 
     async def _check_exhausted(self) -> None:
@@ -270,12 +289,13 @@ class Dialer:
         self.controller.observe(self._since_observe[0], self._since_observe[1], counts)
         self._since_observe = [0, 0]
 
-    def _spawn(self, lead: Lead, agent: Agent | None) -> None:
+    def _spawn(self, lead: Lead, agent: Agent | None, lane: Lane) -> None:
         assert self._tg is not None
         call = CallAttempt(call_id=f"{self.cfg.id}-{self.node_id}-{next(self._ids)}", lead=lead,
                            campaign_id=self.cfg.id, attempt_no=lead.attempts + 1,
                            created_at=self._loop.time())
-        self._unanswered[call.call_id] = call.created_at  # counted as in flight from now on
+        self._lane_of[call.call_id] = lane
+        self._unanswered[lane.name][call.call_id] = call.created_at  # counted as in flight from now on
         task = self._tg.create_task(self._call(call, agent), name=call.call_id)
         self._tasks.add(task)
         task.add_done_callback(self._call_done)
@@ -349,7 +369,7 @@ class Dialer:
                 await self._interrupted(call, agent, log, outcome=Outcome.UNKNOWN)
         finally:
             self.estimates.forget(call.call_id)
-            self._unanswered.pop(call.call_id, None)
+            self._unanswered[self._lane_of.pop(call.call_id).name].pop(call.call_id, None)
             self._events.pop(call.call_id, None)
             self.calls.pop(call.call_id, None)
             self._recorded.discard(call.call_id)
@@ -393,7 +413,7 @@ class Dialer:
             elif isinstance(ev, Answered):
                 if call.state not in (CallState.ORIGINATING, CallState.RINGING):
                     continue  # a duplicate answer (e.g. AMD after the answer) changes nothing
-                self._unanswered.pop(call.call_id, None)
+                self._unanswered[self._lane_of[call.call_id].name].pop(call.call_id, None)
                 call.answer_kind = ev.kind
                 self.counters.answered += 1
                 machine = ev.kind == AnswerKind.MACHINE
@@ -447,11 +467,12 @@ class Dialer:
         """A free agent within the connect limit, or None; gives up early if the customer hangs up."""
         waiter: asyncio.Future[Agent | None] = self._loop.create_future()
         self._agent_waits[call.call_id] = waiter
-        self._waiting_agent += 1
+        group = self._lane_of[call.call_id].name
+        self._waiting_agent[group] += 1
         try:
-            return await self.pool.acquire(self.cfg.pacing.connect_limit, waiter)
+            return await self.pool.acquire(self.cfg.pacing.connect_limit, waiter, group)
         finally:
-            self._waiting_agent -= 1
+            self._waiting_agent[group] -= 1
             self._agent_waits.pop(call.call_id, None)
 
     async def _next_event(self, call: CallAttempt, events: asyncio.Queue[CallEvent], log: Any) -> CallEvent:

@@ -50,6 +50,17 @@ def generate_leads(cfg: CampaignConfig, n: int, seed: int) -> list[Lead]:
     return leads
 
 
+def simulated_agents(cfg: CampaignConfig, n: int) -> list[Agent]:
+    """Agents A001..An; the first ones get the skills ``[agents] simulated_skills`` asks for."""
+    agents = [Agent(f"A{i:03d}", skills=tuple(cfg.agents.skills.get(f"A{i:03d}", ()))) for i in range(1, n + 1)]
+    start = 0
+    for skill, count in cfg.agents.simulated_skills.items():
+        for agent in agents[start:start + count]:
+            agent.skills = (*agent.skills, skill)
+        start += count
+    return agents
+
+
 async def run_sim_campaign(cfg: CampaignConfig, *, leads: list[Lead] | None = None, store: Store | None = None,
                            plugins: pluggy.PluginManager | None = None, mode: str | None = None,
                            until: float | None = None, seed: int | None = None,
@@ -69,8 +80,7 @@ async def run_sim_campaign(cfg: CampaignConfig, *, leads: list[Lead] | None = No
     plugins = plugins or make_plugin_manager(cfg.campaign.plugins)
     await rank_leads(plugins, cfg, leads)
     await store.add_leads(leads)
-    dialer = Dialer(cfg, store=store, pbx=backend, desk=desk,
-                    agents=[Agent(f"A{i:03d}") for i in range(1, sim.agents + 1)],
+    dialer = Dialer(cfg, store=store, pbx=backend, desk=desk, agents=simulated_agents(cfg, sim.agents),
                     plugins=plugins, clock=clock,
                     pacer=make_pacer(mode or cfg.campaign.mode), results=results, node_id=node_id)
     if on_dialer is not None:

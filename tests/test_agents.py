@@ -72,4 +72,4 @@ async def test_freed_agent_goes_to_the_oldest_waiting_answer_first():
 async def test_acquire_times_out_with_none():
     p = pool(1)
     assert await p.acquire(0.01) is None
-    assert p.waiting_calls == 0
+    assert p.waiting_calls() == 0

@@ -65,3 +65,37 @@ def test_results_report_by_tier_and_type():
     assert r["follow_ups"] == {"created": 1, "completed": 1, "attempted": 1}
     text = format_results_report(r)
     assert "type hesitant" in text and "1 created" in text
+
+
+def test_one_campaign_mixes_preview_for_high_intent_and_predictive_for_the_rest(vrun):
+    from engine.config import campaign_from_dict
+    from simulations.runner import generate_leads, run_sim_campaign
+
+    cfg = campaign_from_dict({
+        "campaign": {"id": "mix", "mode": "predictive"},
+        "ranking": {"tiers": [{"tier": 0, "tags_any": ["asked_price"]}], "modes": {"0": "preview"},
+                    "mode_skills": {"preview": "senior"}},
+        "agents": {"simulated_skills": {"senior": 2}},
+        "simulation": {"agents": 6, "leads": 600, "duration": "1h", "seed": 3},
+    })
+    leads = generate_leads(cfg, 600, 3)
+    assert any(lead.tags for lead in leads)
+
+    async def main():
+        from engine.store.memory import MemoryStore
+
+        store = MemoryStore()
+        summary = await run_sim_campaign(cfg, leads=leads, store=store)
+        return summary, await store.results("mix")
+
+    summary, rows = vrun(main())
+    assert summary["mode"] == "predictive+preview"
+    seniors = {"A001", "A002"}
+    talked = [r for r in rows if r["agent_id"]]
+    high = [r for r in talked if int(r["tier"]) == 0]
+    rest = [r for r in talked if int(r["tier"]) != 0]
+    assert high and rest
+    assert {r["agent_id"] for r in high} <= seniors
+    assert not {r["agent_id"] for r in rest} & seniors
+    assert all(r["outcome"] != "abandoned" for r in high)  # preview never abandons
+    assert summary["previews"] >= len(high)

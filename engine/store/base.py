@@ -8,7 +8,7 @@ clock (virtual in simulations), never read by the store itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -75,8 +75,9 @@ class Store(Protocol):
         """Insert or update leads (keyed by campaign and number); returns how many are new."""
 
     async def claim_leads(self, campaign_id: str, n: int, *, now: float, node_id: str,
-                          lease_s: float) -> list[Lead]:
-        """Lease up to ``n`` eligible leads in rank order (tier, score, next eligible time).
+                          lease_s: float, tiers: Collection[int] | None = None) -> list[Lead]:
+        """Lease up to ``n`` eligible leads in rank order (tier, score, next eligible time),
+        only from ``tiers`` when given (a campaign mixing pacing modes by tier).
 
         A lease that is neither finished nor released by ``now + lease_s`` lapses
         and the lead is handed out again, so a dead node loses no lead.

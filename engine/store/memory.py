@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -31,8 +31,8 @@ class MemoryStore:
         self._leads: dict[tuple[str, str], Lead] = {}  # (campaign, lead_id) -> lead
         self._by_number: dict[tuple[str, int], str] = {}  # (campaign, number index) -> lead_id
         self._lease_until: dict[tuple[str, str], float] = {}
-        # Per campaign: ready heap (tier, -score, seq, lead_id) and waiting heap (time, seq, lead_id).
-        self._ready: dict[str, list[tuple[int, float, int, str]]] = defaultdict(list)
+        # Per campaign: ready heaps per tier (-score, seq, lead_id) and a waiting heap (time, seq, lead_id).
+        self._ready: dict[str, dict[int, list[tuple[float, int, str]]]] = defaultdict(dict)  # per tier
         self._waiting: dict[str, list[tuple[float, int, str]]] = defaultdict(list)
         self._dnc: set[int] = set()
         self._dnc_campaign: dict[str, set[int]] = defaultdict(set)
@@ -83,21 +83,30 @@ class MemoryStore:
             if lead.status == "leased" and self._lease_until.get((campaign_id, lead_id), 0.0) <= now:
                 lead.status = "pending"  # the node holding it is gone
             if lead.status == "pending" and lead.next_eligible <= now:
-                heapq.heappush(ready, (lead.tier, -lead.score, next(self._seq), lead_id))
+                heapq.heappush(ready.setdefault(lead.tier, []), (-lead.score, next(self._seq), lead_id))
 
     async def claim_leads(self, campaign_id: str, n: int, *, now: float, node_id: str,
-                          lease_s: float) -> list[Lead]:
+                          lease_s: float, tiers: Collection[int] | None = None) -> list[Lead]:
         self._promote(campaign_id, now)
-        ready, out = self._ready[campaign_id], []
-        while ready and len(out) < n:
-            _, _, _, lead_id = heapq.heappop(ready)
-            lead = self._leads[(campaign_id, lead_id)]
-            if lead.status != "pending" or lead.next_eligible > now:
-                continue  # stale heap entry
-            lead.status = "leased"
-            self._lease_until[(campaign_id, lead_id)] = now + lease_s
-            heapq.heappush(self._waiting[campaign_id], (now + lease_s, next(self._seq), lead_id))
-            out.append(replace(lead))
+        by_tier, out = self._ready[campaign_id], []
+        for tier in sorted(by_tier):
+            if tiers is not None and tier not in tiers:
+                continue
+            ready = by_tier[tier]
+            while ready and len(out) < n:
+                _, _, lead_id = heapq.heappop(ready)
+                lead = self._leads[(campaign_id, lead_id)]
+                if lead.status != "pending" or lead.next_eligible > now:
+                    continue  # stale heap entry
+                if lead.tier != tier:  # re-tiered since it was queued
+                    heapq.heappush(by_tier.setdefault(lead.tier, []), (-lead.score, next(self._seq), lead_id))
+                    continue
+                lead.status = "leased"
+                self._lease_until[(campaign_id, lead_id)] = now + lease_s
+                heapq.heappush(self._waiting[campaign_id], (now + lease_s, next(self._seq), lead_id))
+                out.append(replace(lead))
+            if len(out) >= n:
+                break
         return out
 
     async def release_lead(self, lead: Lead, *, now: float, next_eligible: float | None) -> None:
