@@ -44,9 +44,32 @@ def test_follow_up_is_created_dialled_first_when_due_and_completed(vrun, monkeyp
                                              until=3 * 3600))
     rows = vrun(store.results("t"))
     assert [(r["disposition"], r["follow_up"]) for r in rows] == [("callback", False), ("sale", True)]
-    assert rows[1]["tier"] == 0  # dialled with priority
     assert store._leads[("t", "L1")].attributes["follow_ups_done"] == 1
-    assert store._leads[("t", "L1")].tier == 5  # priority handed back once completed
+    assert store._leads[("t", "L1")].score == 0.0  # priority handed back once completed
+
+
+async def test_a_due_follow_up_is_dialled_before_fresh_leads_of_its_tier():
+    from engine.store.memory import MemoryStore
+
+    class Call:
+        disposition = "callback"
+        agent_id = "A1"
+        wall_started = None
+        outcome = Outcome.CONNECTED
+
+    class Result:
+        outcome = Outcome.CONNECTED
+
+    cfg = campaign()
+    store = MemoryStore()
+    fresh = [Lead(f"L{i}", "t", f"+1212555000{i}", score=50.0) for i in range(1, 4)]
+    called = Lead("L9", "t", "+12125550009")
+    await store.add_leads([*fresh, called])
+    call = Call()
+    call.lead = called
+    await followups.dialer_after_call(call=call, result=Result(), campaign=cfg, store=store)
+    claimed = await store.claim_leads("t", 4, now=1e12, node_id="n", lease_s=60)
+    assert claimed[0].lead_id == "L9" and claimed[0].tier == 1
 
 
 def test_results_report_by_tier_and_type():

@@ -3,9 +3,10 @@
 The engine schedules the next attempt of a lead whose disposition asks for a
 follow-up (``follow_up``, or the customer type's schedule for
 ``customer_follow_ups``); this plugin marks the lead as a follow-up task —
-highest tier so it is dialled first once due, with the due time, the reason and
-the agent it belongs to (``same_agent``) — and closes the task when the
-follow-up call reaches the customer. The screen-pop shows the customer type's
+a score boost so it is dialled first in its tier (and so by its tier's lane and
+agents) once due, with the due time, the reason and the agent it belongs to
+(``same_agent``) — and closes the task when the follow-up call reaches the
+customer. The screen-pop shows the customer type's
 strategy and questions.
 """
 
@@ -17,7 +18,7 @@ from engine.hooks import hookimpl
 from engine.models import Alert, Outcome
 from engine.retry import follow_up_delay
 
-FOLLOW_UP_TIER = 0
+PRIORITY = 1000.0  # added to the score while a follow-up is due: ahead of every fresh lead of its tier
 
 
 @hookimpl
@@ -30,17 +31,19 @@ def dialer_after_call(call: Any, result: Any, campaign: Any, store: Any) -> Any:
         attrs.update(follow_ups_done=done, follow_up_completed=attrs.pop("follow_up_due"))
         attrs.pop("follow_up_agent", None)
         attrs.pop("follow_up_reason", None)
-        lead.tier = int(attrs.pop("tier_before_follow_up", lead.tier))
+        if attrs.pop("priority", None):
+            lead.score -= PRIORITY
         changed = True
     delay = follow_up_delay(campaign, call.disposition, lead)
     if delay is not None and call.outcome == Outcome.CONNECTED:
         rule = campaign.dispositions[call.disposition]
-        attrs.setdefault("tier_before_follow_up", lead.tier)
+        if not attrs.get("priority"):
+            attrs["priority"] = True
+            lead.score += PRIORITY
         attrs["follow_up_due"] = (call.wall_started.timestamp() if call.wall_started else 0.0) + delay
         attrs["follow_up_reason"] = call.disposition
         if rule.same_agent and call.agent_id:
             attrs["follow_up_agent"] = call.agent_id
-        lead.tier = FOLLOW_UP_TIER
         changed = True
     if not changed:
         return None
