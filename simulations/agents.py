@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import numpy as np
 
@@ -15,7 +16,7 @@ from engine.pbx.sim import SimBackend
 class SimDesk:
     """An ``engine.desk.AgentDesk`` played by a model of agents."""
 
-    def __init__(self, agents: AgentModel, customers: CustomerModel, backend: SimBackend,
+    def __init__(self, agents: AgentModel, customers: CustomerModel, backend: SimBackend | Any,
                  rng: np.random.Generator) -> None:
         self.a = agents
         self.c = customers
@@ -38,7 +39,8 @@ class SimDesk:
         self.screen_pops[agent.agent_id] = screen_pop
 
     async def wrap_up(self, agent: Agent, call: CallAttempt) -> str | None:
-        plan = self.backend.truth(call.call_id)
+        truth = getattr(self.backend, "truth", None)  # only the in-process PBX knows who answered
+        plan = truth(call.call_id) if truth is not None else None
         wrap = self.a.wrap_mean if self.a.wrap_fixed else float(self.rng.exponential(self.a.wrap_mean))
         await asyncio.sleep(wrap)
         if agent.state != AgentState.WRAP_UP:

@@ -21,6 +21,7 @@ from engine.config import CampaignConfig, SimulationSection
 from engine.dialer import Dialer
 from engine.models import Agent, Lead
 from engine.pacing import make_pacer
+from engine.pbx.base import PbxBackend
 from engine.pbx.sim import SimBackend
 from engine.plugins import make_plugin_manager, rank_leads
 from engine.results import ResultWriter
@@ -65,14 +66,19 @@ async def run_sim_campaign(cfg: CampaignConfig, *, leads: list[Lead] | None = No
                            plugins: pluggy.PluginManager | None = None, mode: str | None = None,
                            until: float | None = None, seed: int | None = None,
                            results: ResultWriter | None = None, node_id: str = "node-1",
-                           on_dialer: Callable[[Dialer], None] | None = None) -> dict[str, Any]:
-    """One campaign on the simulated PBX; returns the KPI summary. Runs on whatever loop is running."""
+                           on_dialer: Callable[[Dialer], None] | None = None,
+                           backend: PbxBackend | None = None) -> dict[str, Any]:
+    """One campaign with simulated agents; returns the KPI summary. Runs on whatever loop is running.
+
+    The PBX is the simulated one unless ``backend`` is given (e.g. the Asterisk backend
+    against the AMI emulator, where the emulator plays the customers)."""
     sim = cfg.simulation or SimulationSection()
     seed = sim.seed if seed is None else seed
     start = sim.start if sim.start.tzinfo else sim.start.replace(tzinfo=ZoneInfo(cfg.campaign.timezone))
     clock = LoopClock(start)
     behaviour = CustomerBehaviour(sim.customers, np.random.default_rng([seed, 1]))
-    backend = SimBackend(behaviour, amd=cfg.amd.enabled)
+    if backend is None:
+        backend = SimBackend(behaviour, amd=cfg.amd.enabled)
     desk = SimDesk(sim.agent, sim.customers, backend, np.random.default_rng([seed, 2]))
     store = store if store is not None else MemoryStore()
     if leads is None:
@@ -90,7 +96,7 @@ async def run_sim_campaign(cfg: CampaignConfig, *, leads: list[Lead] | None = No
     summary.update(seed=seed, mode=dialer.pacer.name, campaign=cfg.id,
                    wall_s=round(time.perf_counter() - wall, 3),
                    leads=await store.lead_counts(cfg.id), previews=desk.previews,
-                   abandon_messages=backend.abandon_messages)
+                   abandon_messages=getattr(backend, "abandon_messages", None))
     return summary
 
 
