@@ -96,25 +96,25 @@ class AgentPool:
         self._ready[group][agent.agent_id] = agent
         self._on_ready()
 
-    def start_preview(self, group: str = "") -> Agent | None:
-        """Take the longest-idle ready agent of the group to show them a lead."""
+    def _take(self, group: str, state: AgentState) -> Agent | None:
+        """The longest-idle ready agent of the group, moved to ``state``; None if nobody is ready."""
         ready = self._ready[group]
         if not ready:
             return None
         agent = next(iter(ready.values()))
-        self._move(agent, AgentState.PREVIEWING)
+        self._move(agent, state)
         return agent
+
+    def start_preview(self, group: str = "") -> Agent | None:
+        """An agent to show a lead to (preview mode)."""
+        return self._take(group, AgentState.PREVIEWING)
 
     def end_preview(self, agent: Agent) -> None:
         self.make_ready(agent)
 
     def take_ready(self, group: str = "") -> Agent | None:
-        ready = self._ready[group]
-        if not ready:
-            return None
-        agent = next(iter(ready.values()))
-        self._move(agent, AgentState.ON_CALL)
-        return agent
+        """An agent for an answered call, at once."""
+        return self._take(group, AgentState.ON_CALL)
 
     def to_call(self, agent: Agent) -> None:
         """A previewing agent's own call was answered."""
