@@ -135,7 +135,8 @@ def test_simulate_is_reproducible_by_seed(tmp_path):
     assert (a["dials"], a["live"]) != (c["dials"], c["live"])
 
 
-def test_sigint_stops_dialling_drains_and_records_the_rest(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_dialling_drains_and_records_the_rest(tmp_path, sig):
     cfg = small(tmp_path, mode="progressive", duration="1h", drain="1s", ring="1s", talk="30s")
     res = tmp_path / "res"
     proc = subprocess.Popen([*DIALER, "run", str(cfg), "--realtime", "--results", str(res), "--json"], cwd=ROOT,
@@ -143,7 +144,7 @@ def test_sigint_stops_dialling_drains_and_records_the_rest(tmp_path):
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         time.sleep(6)  # let calls get connected (answers after ~1 s, talks of ~30 s)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
