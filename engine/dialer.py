@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import time
+from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -60,6 +62,7 @@ from engine.store.base import AbandonCounts, Caps, Store, StoreUnavailable
 MAX_CALL_S = 4 * 3600.0  # a connected call with no end event this long is presumed lost
 EVENT_GRACE_S = 30.0  # how late the PBX may be with an outcome before the call is presumed lost
 PACE_MIN_GAP_S = 0.1  # pacing decisions are at most this frequent
+MAX_LOOP_LAG_S = 0.2  # loop this late: events are queuing up, so dialling holds
 
 
 class _Combined:
@@ -128,6 +131,8 @@ class Dialer:
         self._exhausted_check_at = -1e18
         self.started_at = 0.0
         self.store_down = False
+        self.decision_times: deque[float] = deque(maxlen=100_000)  # per-dial gate + reservation, seconds
+        self.loop_lag = 0.0  # how late the event loop runs its timers (backpressure signal)
         self.summary: dict[str, Any] = {}
 
     # -- control ------------------------------------------------------------------------
@@ -154,6 +159,7 @@ class Dialer:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 pacing = tg.create_task(self._pace_loop(), name="pacing")
+                lag = tg.create_task(self._watch_loop_lag(), name="loop-lag")
                 desk = tg.create_task(self.desk.run(self.pool), name="agent-desk")
                 await self._stop.wait()
                 # 1. no new dials
@@ -172,6 +178,7 @@ class Dialer:
                         for task in list(self._tasks):
                             task.cancel()
                 desk.cancel()
+                lag.cancel()
         finally:
             if timer is not None:
                 timer.cancel()
@@ -225,6 +232,15 @@ class Dialer:
             max_dial_ratio=p.max_dial_ratio,
         )
 
+    async def _watch_loop_lag(self, every: float = 0.25) -> None:
+        """Measure how late timers fire: when events arrive faster than they are handled, the loop
+        falls behind, and dialling must wait rather than call state (backpressure)."""
+        while True:
+            due = self._loop.time() + every
+            await asyncio.sleep(every)
+            late = self._loop.time() - due
+            self.loop_lag = late if late > self.loop_lag else 0.8 * self.loop_lag + 0.2 * late
+
     async def _pace_once(self) -> None:
         """One pacing decision; while the store is unreachable nothing is dialled (fail closed)."""
         try:
@@ -242,6 +258,9 @@ class Dialer:
         if self.store_down:
             await self.store.lead_counts(self.cfg.id)  # probe before deciding anything
         await self._observe_abandons()
+        if self.loop_lag > MAX_LOOP_LAG_S:
+            self.counters.held += 1
+            return  # behind on events: no new calls until call state has caught up
         short = False
         for lane in self.lanes:
             decision = lane.pacer.decide(self.snapshot(lane))
@@ -311,6 +330,7 @@ class Dialer:
         log = self.log.bind(call_id=call.call_id, lead_id=call.lead.lead_id)
         try:
             # 2. pre-dial gate
+            started = time.perf_counter()
             wall = self.clock.now()
             day_key = self._day_key(call.lead, wall)
             ctx = await self.store.dial_context(call.lead, now=wall, day_key=day_key)
@@ -318,8 +338,11 @@ class Dialer:
             call.lead_history = ctx.history
             if veto is None:
                 call.alerts = await self.gate.alerts(ctx)
-                if agent is not None and not await self._preview(agent, call):
-                    return
+                if agent is not None:
+                    gated = time.perf_counter()
+                    if not await self._preview(agent, call):
+                        return
+                    started += time.perf_counter() - gated  # the agent's reading time is not ours
             if veto is None and self._stopping:
                 veto = Veto("shutdown", "campaign stopping before the dial", retry_at=wall)
             # 3. reservation
@@ -328,6 +351,7 @@ class Dialer:
                                                        node_id=self.node_id)
                 if not res.ok:
                     veto = Veto(res.rule, res.reason, retry_at=None if res.rule == "dnc" else wall + 3600)
+            self.decision_times.append(time.perf_counter() - started)
             if veto is not None:
                 await self._blocked(call, veto, agent, log)
                 return
@@ -626,8 +650,13 @@ class Dialer:
         )
 
     def _summarize(self) -> dict[str, Any]:
-        return summarize(self.counters, self.pool.totals(), len(self.pool.agents),
-                         self._loop.time() - self.started_at, {})
+        out = summarize(self.counters, self.pool.totals(), len(self.pool.agents),
+                        self._loop.time() - self.started_at, {})
+        if self.decision_times:
+            ms = sorted(t * 1000 for t in self.decision_times)
+            out["decision_ms"] = {"p50": round(ms[len(ms) // 2], 3), "p99": round(ms[int(len(ms) * 0.99)], 3),
+                                  "max": round(ms[-1], 3), "n": len(ms)}
+        return out
 
     # -- PBX events ----------------------------------------------------------------------
 

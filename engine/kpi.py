@@ -25,6 +25,7 @@ class Counters:
     skipped: int = 0  # preview skips
     errors: int = 0  # calls whose handling raised (logged); should stay 0
     interrupted: int = 0
+    held: int = 0  # pacing decisions skipped because the event loop was behind (backpressure)
     talk_s: float = 0.0
     wrap_s: float = 0.0
 

@@ -11,7 +11,10 @@ one run.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import selectors
+from asyncio import events
 from typing import Any
 
 
@@ -37,6 +40,21 @@ class _VirtualSelector(selectors.DefaultSelector):
         return []
 
 
+class _FifoTimer(events.TimerHandle):
+    """A timer that, at equal times, fires in the order it was scheduled (like SimPy's event ids)."""
+
+    __slots__ = ("_seq",)
+
+    def __init__(self, when: float, seq: int, *args: Any, **kwargs: Any) -> None:
+        super().__init__(when, *args, **kwargs)
+        self._seq = seq
+
+    def __lt__(self, other: Any) -> bool:
+        if self._when == other._when:
+            return self._seq < getattr(other, "_seq", 0)
+        return self._when < other._when
+
+
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
     """``asyncio.SelectorEventLoop`` with ``time()`` under its own control."""
 
@@ -45,6 +63,14 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         super().__init__(selector)
         selector.loop = self
         self._virtual_now = start
+        self._timer_seq = itertools.count()
+
+    def call_at(self, when: float, callback: Any, *args: Any, context: Any = None) -> events.TimerHandle:
+        self._check_closed()
+        timer = _FifoTimer(when, next(self._timer_seq), callback, args, self, context=context)
+        heapq.heappush(self._scheduled, timer)
+        timer._scheduled = True
+        return timer
 
     def time(self) -> float:
         return self._virtual_now

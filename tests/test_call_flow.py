@@ -88,7 +88,7 @@ def test_customer_who_hangs_up_before_the_connect_limit(vrun):
     # The only agent is busy; the customer gives up after 1 s of silence (< 2 s connect limit).
     cfg = campaign(campaign={"id": "t", "mode": "predictive"}, retry={"max_attempts": 1},
                    pacing={"max_dial_ratio": 2})
-    plans = {"L1": human(after=3, talk=100), "L2": human(after=3, talk=50, patience=1.0)}
+    plans = {"L1": human(after=3, talk=100), "L2": human(after=3.5, talk=50, patience=1.0)}
     _, summary, store = vrun(run_script(cfg, plans, pacer=DialAll()))
     got = sorted(r["outcome"] for r in vrun(store.results("t")))
     assert got == ["connected", "customer_hangup"]
@@ -204,3 +204,42 @@ def test_per_day_cap_blocks_the_third_call_of_the_day(vrun):
     assert [r["outcome"] for r in vrun(store.results("t"))] == ["busy", "busy"]
     blocks = vrun(store.blocks("t"))
     assert blocks and {b["rule"] for b in blocks} == {"cap_per_day"}
+
+
+def test_backpressure_holds_dialling_while_the_loop_is_behind(vrun):
+    from engine.dialer import MAX_LOOP_LAG_S
+
+    cfg = campaign(retry={"max_attempts": 1})
+
+    async def main():
+        import numpy as np
+        from helpers import Script, _agent_model, _customer_model
+
+        from engine.clock import LoopClock
+        from engine.dialer import Dialer
+        from engine.models import Agent
+        from engine.pbx.sim import SimBackend
+        from engine.plugins import make_plugin_manager
+        from engine.store.memory import MemoryStore
+        from simulations.agents import SimDesk
+
+        store = MemoryStore()
+        await store.add_leads([Lead("L1", "t", "+12125550001")])
+        backend = SimBackend(Script({"L1": human()}))
+        d = Dialer(cfg, store=store, pbx=backend, desk=SimDesk(_agent_model(), _customer_model(), backend,
+                                                               np.random.default_rng(1)),
+                   agents=[Agent("A1")], plugins=make_plugin_manager(entry_points_too=False),
+                   clock=LoopClock(__import__("datetime").datetime(2026, 1, 5, 14)))
+        d.pool.login("A1")
+        d.loop_lag = MAX_LOOP_LAG_S * 2
+        await d._decide_and_dial()
+        held = (d.counters.held, len(d._tasks))
+        return held
+
+    assert vrun(main()) == (1, 0)
+
+
+def test_decision_time_is_reported(vrun):
+    cfg = campaign(retry={"max_attempts": 1})
+    _, summary, _ = vrun(run_script(cfg, {"L1": human(), "L2": human()}))
+    assert summary["decision_ms"]["n"] == 2 and summary["decision_ms"]["p99"] >= summary["decision_ms"]["p50"] > 0
