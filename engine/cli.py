@@ -117,6 +117,10 @@ async def _run_campaign(cfg: CampaignConfig, args: argparse.Namespace, console: 
     def attach(dialer: Any) -> None:
         holder["dialer"] = dialer
         attached.set()
+        if args.metrics_port:
+            from engine.metrics import serve
+
+            serve(dialer, args.metrics_port, args.metrics_addr)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, dialer.stop)
 
@@ -304,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--until", type=float, help="stop after this many seconds (loop time)")
     r.add_argument("--node-id", default="node-1", help="this engine node's id (several nodes share a Redis store)")
     r.add_argument("--quiet", action="store_true", help="no live status")
+    r.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    r.add_argument("--metrics-addr", default="127.0.0.1", help="address for the metrics (default: 127.0.0.1)")
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
     r.set_defaults(func=cmd_run)
 

@@ -189,3 +189,32 @@ def test_demo_with_tiers_and_its_results_report(tmp_path):
     assert set(report["by_tier"]) >= {"0", "1"}
     assert "hesitant" in report["by_customer_type"]
     assert report["total"]["conversions"] > 0 and report["follow_ups"]["created"] > 0
+
+
+def test_prometheus_metrics_while_running(tmp_path):
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cfg = small(tmp_path, mode="progressive", duration="1h", drain="1s", ring="1s", talk="30s")
+    proc = subprocess.Popen([*DIALER, "run", str(cfg), "--realtime", "--quiet", "--json", "--results",
+                             str(tmp_path / "r"), "--metrics-port", str(port)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        body = ""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "dialer_dials_total" not in body:
+            time.sleep(0.5)
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+            except OSError:
+                continue
+        assert 'dialer_dials_total{campaign="small"}' in body
+        assert 'dialer_agents{campaign="small",state="ready"}' in body or "dialer_agents{" in body
+        assert "dialer_abandon_allowance" in body
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
