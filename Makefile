@@ -18,7 +18,7 @@ demo: venv
 
 test: venv
 	@command -v redis-server >/dev/null || { echo "redis-server is required by the tests: apt-get install redis-server"; exit 1; }
-	$(BIN)/ruff check engine plugins simulations tests
+	$(BIN)/ruff check engine plugins simulations tests examples
 	$(BIN)/python -m pytest
 
 clean:

@@ -110,6 +110,15 @@ async def _run_campaign(cfg: CampaignConfig, args: argparse.Namespace, console: 
     stem = f"{cfg.id}-{time.strftime('%Y%m%dT%H%M%S')}-{args.node_id}"
     results = ResultWriter(args.results or cfg.results.dir, stem, list(cfg.results.formats))
     store = _build_store(cfg)
+    backend, clock = None, None
+    if cfg.campaign.backend != "sim" or cfg.campaign.store != "memory":
+        from engine.clock import SystemClock
+
+        clock = SystemClock()  # real people or shared state: calling windows and caps on the real date
+    if cfg.campaign.backend == "asterisk":
+        from engine.pbx.asterisk import AsteriskBackend, AsteriskConfig
+
+        backend = AsteriskBackend(AsteriskConfig.from_settings(cfg))
     loop = asyncio.get_running_loop()
     holder: dict[str, Any] = {}
     attached = asyncio.Event()
@@ -133,15 +142,35 @@ async def _run_campaign(cfg: CampaignConfig, args: argparse.Namespace, console: 
             status = tg.create_task(status_when_ready()) if not args.quiet else None
             summary = await run_sim_campaign(cfg, leads=leads, store=store, results=results,
                                              node_id=args.node_id, on_dialer=attach,
-                                             until=args.until)
+                                             until=args.until, backend=backend, clock=clock)
             if status is not None:
                 status.cancel()
+        summary["compliance"] = await _write_compliance(cfg, store, holder["dialer"].clock.now(), results)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         await store.close()
     summary["results"] = {k: str(v) for k, v in results.paths.items()}
     return summary
+
+
+def _windows(cfg: CampaignConfig) -> list[float]:
+    """The campaign's regulatory windows, and always the Ofcom 24 h one for comparison."""
+    return sorted({86_400.0, *cfg.abandon.windows})
+
+
+async def _write_compliance(cfg: CampaignConfig, store: Any, now: float, results: Any) -> dict[str, Any]:
+    """The compliance report at the end of a run, next to the results files (the in-memory store
+    is gone once the process exits, so this is its only record)."""
+    from engine.report import compliance_report, format_compliance_report
+
+    report = await compliance_report(store, cfg.id, now=now, windows=_windows(cfg))
+    if results.paths:
+        first = next(iter(results.paths.values()))
+        path = first.with_name(first.name.rsplit(".", 1)[0] + "-compliance.txt")
+        path.write_text(format_compliance_report(report), encoding="utf-8")
+        results.paths["compliance"] = path
+    return report
 
 
 def _print_rejects(path: str, report: Any, limit: int = 20) -> None:
@@ -185,15 +214,54 @@ def cmd_leads_import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_runnable(cfg: CampaignConfig, path: str, args: argparse.Namespace) -> str | None:
+    """Why this campaign cannot run as asked, or None. Checked before anything starts: a campaign whose
+    plugin or pacer is missing is refused rather than run without its gate."""
+    from engine.pacing import make_pacer
+    from engine.plugins import make_plugin_manager
+
+    make_plugin_manager(cfg.campaign.plugins)  # PluginError: exit 2 with the plugin named
+    try:
+        make_pacer(cfg.campaign.mode)
+    except (KeyError, ImportError, TypeError) as exc:
+        return f"{path}: campaign.mode: {exc}"
+    if not args.realtime and (cfg.campaign.backend != "sim" or cfg.campaign.store != "memory"):
+        what = "backend " + repr(cfg.campaign.backend) if cfg.campaign.backend != "sim" \
+            else "store " + repr(cfg.campaign.store)
+        return (f"{path}: campaign {what} runs on the wall clock (its timeouts and leases are real): "
+                "add --realtime")
+    return None
+
+
+def _first(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first ``kind`` inside ``exc`` (task groups nest the one error that matters)."""
+    if isinstance(exc, kind):
+        return exc
+    for inner in getattr(exc, "exceptions", ()):
+        found = _first(inner, kind)
+        if found is not None:
+            return found
+    return None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.campaign)
     console = Console(file=sys.stderr)
-    if cfg.campaign.backend != "sim":
-        print(f"{args.campaign}: campaign.backend = {cfg.campaign.backend!r} is not available in this build; "
-              "use \"sim\"", file=sys.stderr)
+    problem = _check_runnable(cfg, args.campaign, args)
+    if problem:
+        print(problem, file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.realtime:
-        summary = asyncio.run(_run_campaign(cfg, args, console))
+        from engine.pbx.base import PbxAuthError
+
+        try:
+            summary = asyncio.run(_run_campaign(cfg, args, console))
+        except (PbxAuthError, BaseExceptionGroup) as exc:
+            refused = _first(exc, PbxAuthError)
+            if refused is None:
+                raise
+            print(f"{args.campaign}: the PBX refused our login: {refused}", file=sys.stderr)
+            return EXIT_FAILED
     else:
         from simulations.vloop import run_virtual
 
@@ -255,24 +323,67 @@ def cmd_report_results(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
+    """Every loaded plugin with where it came from and the hooks it implements, then the pacers."""
     from engine.pacing import available_pacers
     from engine.plugins import make_plugin_manager
 
     modules = _load(args.campaign).campaign.plugins if args.campaign else []
     pm = make_plugin_manager(modules)
-    dist_of = {id(p): d for p, d in pm.list_plugin_distinfo()}
+    origins = getattr(pm, "origins", {})
     print("plugins:")
     for name, plugin in pm.list_name_plugin():
         if name is None or plugin is None:
             continue
-        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
-        dist = dist_of.get(id(plugin))
-        origin = f"{dist.project_name} {dist.version}" if dist else getattr(plugin, "__file__", "campaign config")
-        print(f"  {name}  ({origin})\n    hooks: {', '.join(hooks) or '-'}")
+        hooks = []
+        for caller in pm.get_hookcallers(plugin) or []:
+            flags = [f for impl in caller.get_hookimpls() if impl.plugin is plugin
+                     for f in ("tryfirst", "trylast", "wrapper", "hookwrapper") if getattr(impl, f, False)]
+            hooks.append(caller.name + (f" ({', '.join(flags)})" if flags else ""))
+        origin = origins.get(name)
+        file = getattr(origin, "file", None) or getattr(plugin, "__file__", None)
+        print(f"  {name}  ({origin if origin is not None else 'code'})")
+        if file:
+            print(f"    file: {file}")
+        print(f"    hooks: {', '.join(sorted(hooks)) or '-'}")
     print("pacers:")
     for name, factory in sorted(available_pacers().items()):
-        where = factory.value if hasattr(factory, "value") else f"{factory.__module__}.{factory.__qualname__}"
+        if hasattr(factory, "value"):
+            dist = getattr(factory, "dist", None)
+            where = f"entry point dialer.pacers: {name} = {factory.value}"
+            where += f", distribution {dist.name} {dist.version}" if dist is not None else ""
+        else:
+            where = f"built in: {factory.__module__}.{factory.__qualname__}"
         print(f"  {name}  ({where})")
+    return EXIT_OK
+
+
+def cmd_report_compliance(args: argparse.Namespace) -> int:
+    """Abandon rates per regulatory window and blocked dials by rule, read from the campaign's store."""
+    from engine.report import compliance_report, format_compliance_report
+
+    cfg = _load(args.campaign)
+    if cfg.campaign.store == "memory":
+        print(f"{args.campaign}: campaign.store is \"memory\": its figures lived in the run's process; read the "
+              "*-compliance.txt file `dialer run` wrote next to its results", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    windows = sorted({float(w) for w in args.window}) if args.window else _windows(cfg)
+
+    async def read() -> dict[str, Any]:
+        store = _build_store(cfg)
+        try:
+            return await compliance_report(store, cfg.id, now=args.at if args.at is not None else time.time(),
+                                           windows=windows)
+        finally:
+            await store.close()
+
+    from engine.store.base import StoreUnavailable
+
+    try:
+        report = asyncio.run(read())
+    except StoreUnavailable as exc:
+        print(f"{args.campaign}: store unreachable: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(report) if args.json else format_compliance_report(report), end="" if not args.json else "\n")
     return EXIT_OK
 
 
@@ -286,6 +397,15 @@ def cmd_pbx_emulator(args: argparse.Namespace) -> int:
 
 
 # -- entry --------------------------------------------------------------------------------
+
+
+def _duration_arg(text: str) -> float:
+    from engine.compliance_config import parse_seconds
+
+    try:
+        return parse_seconds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -347,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("--output", help="also write the cleaned leads as JSONL (usable with `dialer run --leads`)")
     li.set_defaults(func=cmd_leads_import)
 
-    rp = sub.add_parser("report", help="reports on a campaign (results)")
+    rp = sub.add_parser("report", help="reports on a campaign (results, compliance)")
     rp_sub = rp.add_subparsers(dest="report_command", required=True, metavar="REPORT")
     rr = rp_sub.add_parser("results", help="contacts by tier and customer type, conversion, follow-ups",
                            description="Summarise a results file written by `dialer run`.")
@@ -355,6 +475,16 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("results", help="results CSV or JSONL written by `dialer run`")
     rr.add_argument("--json", action="store_true")
     rr.set_defaults(func=cmd_report_results)
+    rc = rp_sub.add_parser("compliance", help="abandon rate per regulatory window, blocked dials by rule",
+                           description="Read a campaign's store (Redis) and print, per window (the campaign's "
+                           "[abandon] windows and 24 h), dials, live answers, abandons, the abandon rate and the "
+                           "dials the gate refused, by rule.")
+    rc.add_argument("campaign", help="campaign TOML file (its store and windows)")
+    rc.add_argument("--window", action="append", type=_duration_arg, help="a window such as 24h or 30d "
+                    "(repeatable; default: the campaign's)")
+    rc.add_argument("--at", type=float, help="end of the windows, POSIX seconds (default: now)")
+    rc.add_argument("--json", action="store_true")
+    rc.set_defaults(func=cmd_report_compliance)
 
     e = sub.add_parser("pbx-emulator", help="start the AMI-speaking PBX emulator (see its --help)",
                        add_help=False)
@@ -364,6 +494,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["pbx-emulator"]:  # its own parser: every option goes through untouched
+        from simulations import ami_emulator
+
+        return int(ami_emulator.main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     logs.configure(args.log_level, json=True if args.log_json else None)
     try:

@@ -73,6 +73,9 @@ class AbandonSection(_Section):
     windows: list[Duration] = Field(default_factory=lambda: [30 * 86400.0])
     count_amd_false_positives: bool = False
     amd_false_positive_rate: float = Field(default=0.0, ge=0, le=1)
+    # A person who hangs up in the silence before any agent was free was not connected within the
+    # limit: counted as an abandon (the safe reading of TSR/Ofcom) unless a campaign says otherwise.
+    count_early_hangups: bool = True
 
     @model_validator(mode="after")
     def _windows(self) -> AbandonSection:
@@ -219,6 +222,11 @@ class CustomerModel(_Section):
     sale_rate: float = Field(default=0.1, ge=0, le=1)
     refusal_rate: float = Field(default=0.02, ge=0, le=1)
     callback_rate: float = Field(default=0.1, ge=0, le=1)
+    # Live-answer probability for each hour of the shift (from its start; the last value holds after it).
+    # Empty: ``answer_rate`` all day.
+    hourly_answer_rate: list[float] = Field(default_factory=list)
+    drift_to: float | None = Field(default=None, ge=0, le=1)  # answer rate drifts linearly to this ...
+    drift_over: Duration = Field(default=8 * 3600.0, gt=0)  # ... over this long, then stays there
 
 
 class AgentModel(_Section):
@@ -228,6 +236,9 @@ class AgentModel(_Section):
     wrap_fixed: bool = True
     think_mean: Duration = Field(default=8.0, ge=0)
     skip_rate: float = Field(default=0.05, ge=0, le=1)
+    login_spread: Duration = Field(default=0.0, ge=0)  # agents log in at uniform times over this
+    breaks: int = Field(default=0, ge=0, le=20)  # breaks each agent takes per shift, at random times
+    break_mean: Duration = Field(default=600.0, gt=0)  # exponential length of a break
 
 
 class AgentsSection(_Section):

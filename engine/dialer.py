@@ -230,6 +230,8 @@ class Dialer:
             connect_limit=p.connect_limit,
             ring_timeout=p.ring_timeout,
             max_dial_ratio=p.max_dial_ratio,
+            live=self.counters.live,
+            abandoned=self.counters.abandoned,
         )
 
     async def _watch_loop_lag(self, every: float = 0.25) -> None:
@@ -276,7 +278,7 @@ class Dialer:
                 if i < decision.previews:
                     agent = self.pool.start_preview(lane.name)
                     if agent is None:
-                        await self.store.release_lead(lead, now=wall, next_eligible=wall)
+                        await self._release(lead, wall, wall, self.log)
                         continue
                 self._spawn(lead, agent, lane)
             short = short or len(leads) < wanted
@@ -411,7 +413,7 @@ class Dialer:
             self.counters.skipped += 1
             self.pool.end_preview(agent)
             wall = self.clock.now()
-            await self.store.release_lead(call.lead, now=wall, next_eligible=wall + self.cfg.retry.skipped)
+            await self._release(call.lead, wall, wall + self.cfg.retry.skipped, self.log)
         return go
 
     async def _blocked(self, call: CallAttempt, veto: Veto, agent: Agent | None, log: Any) -> None:
@@ -477,6 +479,9 @@ class Dialer:
                 advance(call, CallState.ENDED, now)
                 call.cause = ev.cause
                 call.outcome = final_outcome(call, last, ev.cause, ev.reason)
+                if (call.outcome == Outcome.CUSTOMER_HANGUP and call.agent_id is None
+                        and self.cfg.abandon.count_early_hangups):
+                    call.outcome = Outcome.ABANDONED  # never connected to anyone: an abandon, fail closed
                 if last in (CallState.ORIGINATING, CallState.RINGING) and ev.reason != "unknown":
                     self.estimates.observe_answer(False, None, call.call_id)
                 self._count_end(call)
@@ -580,6 +585,14 @@ class Dialer:
             except Exception as exc:
                 log.error("after-call plugin failed", error=repr(exc))
 
+    async def _release(self, lead: Lead, now: float, next_eligible: float | None, log: Any) -> None:
+        """Give an undialled lead back. If the store is down the claim is a lease that frees itself when it
+        expires, so waiting here would only hold up the caller."""
+        try:
+            await self.store.release_lead(lead, now=now, next_eligible=next_eligible)
+        except StoreUnavailable as exc:
+            log.warning("store unavailable; the lead's claim frees itself when its lease expires", error=str(exc))
+
     async def _until_stored(self, write: Any, log: Any) -> None:
         """A write that must not be lost: retried until the store takes it (or the task is cancelled)."""
         delay, started = 0.2, self._loop.time()
@@ -601,7 +614,7 @@ class Dialer:
         """Record a call cut short by shutdown (or a bug) so that nothing is lost or redialled blindly."""
         wall = self.clock.now()
         if call.state == CallState.RESERVED:
-            await self.store.release_lead(call.lead, now=wall, next_eligible=wall)
+            await self._release(call.lead, wall, wall, log)
             if agent is not None and agent.state == AgentState.PREVIEWING:
                 self.pool.end_preview(agent)
             return

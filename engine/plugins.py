@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 import importlib
 import inspect
 from collections.abc import Iterable
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -23,48 +25,111 @@ class PluginError(Exception):
     """A plugin could not be loaded or does not fit the hook specifications."""
 
 
+@dataclass(frozen=True)
+class PluginOrigin:
+    """Where a loaded plugin came from: shown by ``dialer plugins`` and in every loading error."""
+
+    source: str  # "entry point" | "campaign config" | "code"
+    entry_point: str | None = None  # "name = module[:attr]" in the dialer.plugins group
+    distribution: str | None = None  # "name version" of the installed package
+    file: str | None = None  # the module's file
+
+    def __str__(self) -> str:
+        if self.source == "entry point":
+            where = f"entry point {ENTRY_POINT_GROUP}: {self.entry_point}"
+            return f"{where}, distribution {self.distribution}" if self.distribution else where
+        return f"{self.source}, {self.file}" if self.file else self.source
+
+
+class DialerPluginManager(pluggy.PluginManager):
+    """A pluggy manager that remembers where each plugin came from (``origins``, by plugin name)."""
+
+    def __init__(self) -> None:
+        super().__init__(hooks.PROJECT)
+        self.origins: dict[str, PluginOrigin] = {}
+
+
+def _file_of(plugin: object) -> str | None:
+    module = plugin if inspect.ismodule(plugin) else inspect.getmodule(type(plugin))
+    return getattr(module, "__file__", None)
+
+
 def make_plugin_manager(modules: Iterable[str] = (), *, entry_points_too: bool = True,
-                        extra: Iterable[object] = ()) -> pluggy.PluginManager:
-    """A manager with the specs, the installed entry-point plugins and ``modules`` (dotted names)."""
-    pm = pluggy.PluginManager(hooks.PROJECT)
+                        extra: Iterable[object] = ()) -> DialerPluginManager:
+    """A manager with the specs, the installed entry-point plugins and ``modules`` (dotted names).
+
+    Every error names the plugin and where it came from (entry point and distribution, campaign
+    config, or code): a plugin that fails to import, implements a hook that does not exist, or
+    takes an argument its hook does not have is refused, and so is the whole manager.
+    """
+    pm = DialerPluginManager()
     pm.add_hookspecs(hooks)
     if entry_points_too:
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
                 continue
+            dist = getattr(ep, "dist", None)
+            origin = PluginOrigin("entry point", f"{ep.name} = {ep.value}",
+                                  f"{dist.name} {dist.version}" if dist is not None else None)
             try:
                 plugin = ep.load()
             except Exception as exc:
-                raise PluginError(f"plugin {ep.name!r} (entry point {ep.value}, group {ENTRY_POINT_GROUP}) "
-                                  f"failed to import: {exc}") from exc
-            _register(pm, plugin, ep.name, f"entry point {ep.value}")
+                raise PluginError(f"plugin {ep.name!r} ({origin}) failed to import: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+            _register(pm, plugin, ep.name, PluginOrigin(**{**origin.__dict__, "file": _file_of(plugin)}))
     for name in modules:
         if pm.get_plugin(name) is not None:
             continue
         try:
             plugin = importlib.import_module(name)
         except Exception as exc:
-            raise PluginError(f"plugin {name!r} named in the campaign failed to import: {exc}") from exc
-        _register(pm, plugin, name, "campaign config")
+            raise PluginError(f"plugin {name!r} named in the campaign (campaign.plugins) failed to import: "
+                              f"{type(exc).__name__}: {exc}; it must be an importable module or the name of "
+                              f"an installed {ENTRY_POINT_GROUP} entry point") from exc
+        if pm.is_registered(plugin):
+            continue  # the same module is installed as an entry point too: loaded once
+        _register(pm, plugin, name, PluginOrigin("campaign config", file=_file_of(plugin)))
     for obj in extra:
-        _register(pm, obj, None, "code")
+        _register(pm, obj, None, PluginOrigin("code", file=_file_of(obj)))
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         plugin = getattr(exc, "plugin", None)
-        label = pm.get_name(plugin) if plugin is not None else "?"
-        raise PluginError(f"plugin {label!r} implements a hook that does not exist: {exc}") from exc
+        name = pm.get_name(plugin) if plugin is not None else None
+        unknown = [h for h in dir(plugin) if h.startswith(f"{hooks.PROJECT}_")
+                   and getattr(pm.hook, h, None) is not None and not pm.hook.__dict__[h].has_spec()]
+        hint = "".join(f"; did you mean {m[0]}?" for h in unknown
+                       if (m := difflib.get_close_matches(h, _spec_names(), n=1)))
+        raise PluginError(f"plugin {_label(pm, name, plugin)} implements a hook that does not exist: "
+                          f"{', '.join(unknown) or exc}{hint} (the hooks are: {', '.join(_spec_names())})") from exc
     return pm
 
 
-def _register(pm: pluggy.PluginManager, plugin: object, name: str | None, origin: str) -> None:
+def _spec_names() -> list[str]:
+    return sorted(n for n in dir(hooks) if n.startswith(f"{hooks.PROJECT}_"))
+
+
+def _label(pm: DialerPluginManager, name: str | None, plugin: object) -> str:
+    origin = pm.origins.get(name or "")
+    shown = name if name and origin is not None and origin.source != "code" else _code_name(plugin)
+    return f"{shown!r} ({origin})" if origin is not None else repr(shown)
+
+
+def _code_name(plugin: object) -> str:
+    return plugin.__name__ if inspect.ismodule(plugin) else type(plugin).__qualname__
+
+
+def _register(pm: DialerPluginManager, plugin: object, name: str | None, origin: PluginOrigin) -> None:
     try:
-        pm.register(plugin, name=name)
+        registered = pm.register(plugin, name=name)
     except pluggy.PluginValidationError as exc:
-        label = name or type(plugin).__name__
-        raise PluginError(f"plugin {label!r} ({origin}) does not fit the hook specs: {exc}") from exc
+        label = f"{name or _code_name(plugin)!r} ({origin})"
+        detail = str(exc).replace(f"Plugin {pm.get_canonical_name(plugin)!r}", f"Plugin {name or _code_name(plugin)!r}")
+        raise PluginError(f"plugin {label} does not fit the hook specs: {detail}") from exc
     except ValueError as exc:
-        raise PluginError(f"plugin {name!r} ({origin}) could not be registered: {exc}") from exc
+        raise PluginError(f"plugin {name or _code_name(plugin)!r} ({origin}) could not be registered: {exc}") from exc
+    if registered is not None:
+        pm.origins[registered] = origin
 
 
 async def await_maybe(value: Any) -> Any:

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pluggy
 
-from engine.clock import LoopClock
+from engine.clock import Clock, LoopClock
 from engine.config import CampaignConfig, SimulationSection
 from engine.dialer import Dialer
 from engine.models import Agent, Lead
@@ -34,7 +34,12 @@ from simulations.vloop import run_virtual
 
 def generate_leads(cfg: CampaignConfig, n: int, seed: int) -> list[Lead]:
     """Leads with fictional numbers; when the campaign ranks by tags or customer types, each lead
-    gets a seeded draw of the tags its rules and products mention, and a customer type."""
+    gets a seeded draw of the tags its rules and products mention, and a customer type.
+
+    Every simulated lead lives in the campaign's time zone: the numbers are spread over US area
+    codes only to be distinct, and a pacing run should measure pacing, not the calling window
+    closing on the West coast at the start of a New York shift (imported leads keep their own zones).
+    """
     rng = np.random.default_rng([seed, 3])
     phones = generate_phones(n, rng)
     tags = sorted({t for r in cfg.ranking.tiers for t in r.tags_any}
@@ -42,7 +47,7 @@ def generate_leads(cfg: CampaignConfig, n: int, seed: int) -> list[Lead]:
     types = sorted(cfg.customer_types) if cfg.ranking.tiers else []
     leads = []
     for i, p in enumerate(phones, 1):
-        lead = Lead(lead_id=f"L{i:07d}", campaign_id=cfg.id, phone=p)
+        lead = Lead(lead_id=f"L{i:07d}", campaign_id=cfg.id, phone=p, timezone=cfg.campaign.timezone)
         if tags:
             lead.tags = tuple(t for t in tags if rng.random() < 0.2)
         if types:
@@ -67,15 +72,17 @@ async def run_sim_campaign(cfg: CampaignConfig, *, leads: list[Lead] | None = No
                            until: float | None = None, seed: int | None = None,
                            results: ResultWriter | None = None, node_id: str = "node-1",
                            on_dialer: Callable[[Dialer], None] | None = None,
-                           backend: PbxBackend | None = None) -> dict[str, Any]:
+                           backend: PbxBackend | None = None, clock: Clock | None = None) -> dict[str, Any]:
     """One campaign with simulated agents; returns the KPI summary. Runs on whatever loop is running.
 
     The PBX is the simulated one unless ``backend`` is given (e.g. the Asterisk backend
-    against the AMI emulator, where the emulator plays the customers)."""
+    against the AMI emulator, where the emulator plays the customers). The calendar follows
+    ``[simulation] start`` unless ``clock`` is given: a campaign on a real PBX or a shared store
+    must read the real wall clock, or its calling windows and daily caps would be fiction."""
     sim = cfg.simulation or SimulationSection()
     seed = sim.seed if seed is None else seed
     start = sim.start if sim.start.tzinfo else sim.start.replace(tzinfo=ZoneInfo(cfg.campaign.timezone))
-    clock = LoopClock(start)
+    clock = clock if clock is not None else LoopClock(start)
     behaviour = CustomerBehaviour(sim.customers, np.random.default_rng([seed, 1]))
     if backend is None:
         backend = SimBackend(behaviour, amd=cfg.amd.enabled)

@@ -1,18 +1,7 @@
-"""Shared test fixtures: a real redis-server, and a virtual-time loop for engine runs."""
+"""Shared test fixtures: a real redis-server, and the engine's own pytest plugin (``engine.testing``:
+``vrun``, ``dial_once``, ``make_snapshot``, ...), loaded here too so the tests do not depend on how the
+package was installed."""
 
-import pytest
 from redis_server import redis_server, redis_url  # noqa: F401  (fixtures)
 
-from simulations.vloop import VirtualTimeLoop
-
-
-@pytest.fixture
-def vrun():
-    """Run a coroutine to completion in virtual time: ``result = vrun(coro)``."""
-    import asyncio
-
-    def run(coro):
-        with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
-            return runner.run(coro)
-
-    return run
+pytest_plugins = ["engine.testing"]

@@ -84,15 +84,17 @@ def test_machine_without_amd_reaches_an_agent_and_counts_as_live(vrun):
     assert row["disposition"] == "answering_machine"  # the simulated agent heard the machine
 
 
-def test_customer_who_hangs_up_before_the_connect_limit(vrun):
-    # The only agent is busy; the customer gives up after 1 s of silence (< 2 s connect limit).
+@pytest.mark.parametrize(("count", "expected"), [(True, "abandoned"), (False, "customer_hangup")])
+def test_customer_who_hangs_up_before_the_connect_limit(vrun, count, expected):
+    # The only agent is busy; the customer gives up after 1 s of silence (< 2 s connect limit). Never
+    # connected to anyone: an abandon unless the campaign reads the rules otherwise.
     cfg = campaign(campaign={"id": "t", "mode": "predictive"}, retry={"max_attempts": 1},
-                   pacing={"max_dial_ratio": 2})
+                   pacing={"max_dial_ratio": 2}, abandon={"count_early_hangups": count})
     plans = {"L1": human(after=3, talk=100), "L2": human(after=3.5, talk=50, patience=1.0)}
     _, summary, store = vrun(run_script(cfg, plans, pacer=DialAll()))
     got = sorted(r["outcome"] for r in vrun(store.results("t")))
-    assert got == ["connected", "customer_hangup"]
-    assert summary["abandoned"] == 0
+    assert got == sorted(["connected", expected])
+    assert summary["abandoned"] == (1 if count else 0) and summary["live"] == 2
 
 
 def test_busy_is_retried_until_max_attempts(vrun):

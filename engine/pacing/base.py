@@ -30,6 +30,8 @@ class Snapshot:
     connect_limit: float
     ring_timeout: float
     max_dial_ratio: float
+    live: int = 0  # live answers counted by this campaign so far (for pacers with their own drop feedback)
+    abandoned: int = 0  # abandoned calls among them
 
     @property
     def staffed(self) -> int:

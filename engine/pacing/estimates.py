@@ -13,6 +13,10 @@ import math
 
 import numpy as np
 
+REFRESH = 16  # observations a distribution takes before the pacer's conditional tables are rebuilt
+WRAP_BIN = 0.5  # seconds: elapsed wrap-up resolution of those tables
+RING_BIN = 0.25  # seconds: elapsed ring-time resolution
+
 
 class Histogram:
     """An empirical distribution on a fixed grid, with a prior and exponential forgetting.
@@ -119,13 +123,19 @@ class Estimates:
         ring_edges = np.arange(0.0, ring_timeout + 0.5 + 0.5, 0.5)
         talk_edges = np.arange(0.0, 7200.0 + 2.0, 2.0)
         wrap_edges = np.arange(0.0, 1800.0 + 1.0, 1.0)
-        self.answer = AnswerRate(answer_rate)
+        # 2000 dials of memory: ten minutes of a 100-agent team (a drift is followed within the hour),
+        # and an answer rate known to +-1 % absolute, whose shared uncertainty the pacer must allow for.
+        self.answer = AnswerRate(answer_rate, memory=2000.0)
         self.ring = Histogram(0.5, ring_timeout + 0.5, gamma_prior(ring_edges, ring_mean), 20.0, 2000.0)
         self.talk = Histogram(2.0, 7200.0, exponential_prior(talk_edges, talk_mean), 20.0, 2000.0)
         self.wrap = Histogram(1.0, 1800.0, gamma_prior(wrap_edges, wrap_mean, 8.0), 20.0, 2000.0)
         self.version = 0  # bumped on every observation, so consumers can cache derived arrays
         self._pending: dict[str, bool | None] = {}  # dials in dial order -> outcome once known
         self._wrap_mean: float | None = None
+        self._free_key: tuple[bytes, int, int] | None = None
+        self._ring_key: tuple[bytes, int, int] | None = None
+        self._free: tuple[np.ndarray, np.ndarray] = (np.zeros((1, 1)), np.zeros((1, 1)))
+        self._ring: tuple[np.ndarray, np.ndarray] = (np.zeros(1), np.zeros((1, 1)))
 
     def dialled(self, call_id: str) -> None:
         """Register a dial so that its outcome is learnt in dial order (see ``observe_answer``)."""
@@ -178,23 +188,55 @@ class Estimates:
             self._wrap_mean = self.wrap.mean()
         return self._wrap_mean
 
+    def _stale(self, key: bytes, cached: tuple[bytes, int, int] | None, *hists: Histogram) -> bool:
+        """A derived table is rebuilt when its horizons change or a distribution behind it has taken
+        ``REFRESH`` new observations (learning is slow: staleness of a few dozen calls changes nothing,
+        and it keeps a pacing decision down to a few vector operations)."""
+        return cached is None or cached[0] != key or any(h.n - n >= max(REFRESH, min(n // 8, 250))
+                                                          for h, n in zip(hists, cached[1:], strict=False))
+
+    def _free_tables(self, horizons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """P(free within each horizon) by elapsed talk bin and by elapsed wrap-up bin."""
+        key = horizons.tobytes()
+        if self._stale(key, self._free_key, self.talk, self.wrap):
+            self._free_key = (key, self.talk.n, self.wrap.n)
+            self._wrap_mean = None
+            wrap_mean = self.wrap_mean()
+            # Elapsed talk beyond the 99.99th percentile is looked up in the last row.
+            top = int(np.searchsorted(self.talk.cdf_grid(), 0.9999)) + 1
+            te = self.talk.edges[:top, None] + self.talk.step / 2
+            s_now = np.maximum(self.talk.survival(te), 1e-9)
+            # An agent on a call is free once the rest of the talk and a typical wrap-up are over.
+            left = np.maximum(horizons[None, :] - wrap_mean, 0.0)
+            talk_q = np.where(left > 0, 1.0 - self.talk.survival(te + left) / s_now, 0.0)
+            we = np.arange(0.0, self.wrap.edges[-1], WRAP_BIN)[:, None] + WRAP_BIN / 2
+            w_now = np.maximum(self.wrap.survival(we), 1e-9)
+            wrap_q = 1.0 - self.wrap.survival(we + horizons[None, :]) / w_now
+            self._free = (np.clip(talk_q, 0.0, 1.0), np.clip(wrap_q, 0.0, 1.0))
+        return self._free
+
+    def _ring_tables(self, horizons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Ring-time CDF by elapsed ring bin, and its gain over each horizon."""
+        key = horizons.tobytes()
+        if self._stale(key, self._ring_key, self.ring, self.ring):
+            self._ring_key = (key, self.ring.n, self.ring.n)
+            re_ = np.arange(0.0, self.ring.edges[-1] + RING_BIN, RING_BIN) + RING_BIN / 2
+            f_now = self.ring.cdf(re_)
+            self._ring = (f_now, self.ring.cdf(re_[:, None] + horizons[None, :]) - f_now[:, None])
+        return self._ring
+
     def free_within(self, talk_elapsed: np.ndarray, wrap_elapsed: np.ndarray,
                     horizons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """P(each agent is ready again within each horizon): arrays shaped (agents, horizons)."""
-        wrap_mean = self.wrap_mean()
-        te = talk_elapsed[:, None]
-        s_now = np.maximum(self.talk.survival(te), 1e-9)
-        # An agent on a call is free once the rest of the talk and a typical wrap-up are over.
-        left = np.maximum(horizons[None, :] - wrap_mean, 0.0)
-        talk_q = np.where(left > 0, 1.0 - self.talk.survival(te + left) / s_now, 0.0)
-        we = wrap_elapsed[:, None]
-        w_now = np.maximum(self.wrap.survival(we), 1e-9)
-        wrap_q = 1.0 - self.wrap.survival(we + horizons[None, :]) / w_now
-        return np.clip(talk_q, 0.0, 1.0), np.clip(wrap_q, 0.0, 1.0)
+        talk_q, wrap_q = self._free_tables(horizons)
+        ti = np.minimum((talk_elapsed * (1.0 / self.talk.step)).astype(np.intp), len(talk_q) - 1)
+        wi = np.minimum((wrap_elapsed * (1.0 / WRAP_BIN)).astype(np.intp), len(wrap_q) - 1)
+        return talk_q[ti], wrap_q[wi]
 
     def answered_within(self, ring_elapsed: np.ndarray, horizons: np.ndarray) -> np.ndarray:
         """P(each ringing call is answered needing an agent within each horizon), (calls, horizons)."""
+        f_now, f_gain = self._ring_tables(horizons)
         p = self.answer.p
-        f_now = self.ring.cdf(ring_elapsed)[:, None]
-        f_later = self.ring.cdf(ring_elapsed[:, None] + horizons[None, :])
-        return np.clip(p * (f_later - f_now) / np.maximum(1.0 - p * f_now, 1e-9), 0.0, 1.0)
+        ri = np.minimum((ring_elapsed * (1.0 / RING_BIN)).astype(np.intp), len(f_now) - 1)
+        scale = p / np.maximum(1.0 - p * f_now[ri], 1e-9)
+        return np.minimum(f_gain[ri] * scale[:, None], 1.0)

@@ -11,6 +11,11 @@ per-``h`` risk by when a new call is answered gives the marginal abandon
 probability of the n-th dial, which rises with n; the pacer dials while it
 stays within the controller's allowance. Working from the distributions rather
 than from means is what lets small teams run close to the cap safely.
+
+Cost: one decision is a handful of vector operations over (agents + calls) x
+horizons, then over (candidate dials) x horizons for the few candidates that
+the last horizon alone does not already rule out, so a 100-agent team is paced
+in well under a tenth of a millisecond.
 """
 
 from __future__ import annotations
@@ -22,15 +27,45 @@ from engine.pacing.base import Decision, Snapshot, dial_cap
 
 def normal_sf(z: np.ndarray) -> np.ndarray:
     """P(Z > z) for a standard normal (Abramowitz-Stegun 7.1.26, |error| < 1.5e-7)."""
-    x = np.abs(z) / np.sqrt(2.0)
+    x = np.abs(z) * 0.7071067811865476
     t = 1.0 / (1.0 + 0.3275911 * x)
     poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-    erfc = poly * np.exp(-x * x)
-    return np.where(z >= 0, 0.5 * erfc, 1.0 - 0.5 * erfc)
+    half = 0.5 * poly * np.exp(-x * x)
+    return np.where(z >= 0, half, 1.0 - half)
+
+
+_Z = np.linspace(-9.0, 9.0, 9001)
+_SF = normal_sf(_Z)
+
+
+def fast_sf(z: np.ndarray) -> np.ndarray:
+    """``normal_sf`` by interpolation in a table (|error| < 2e-7): one vector operation instead of fifteen."""
+    return np.interp(z, _Z, _SF)
 
 
 HORIZONS = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.5, 8.0, 10.0, 12.5, 15.0, 18.0, 22.0, 26.0, 32.0, 40.0, 50.0,
                      60.0, 90.0, 120.0])
+NOISE_VAR = 0.05  # a floor on the variance: the model's own error, and no division by zero
+
+
+class _Parts:
+    """Demand and supply by each horizon before any new dial, and what one new dial adds."""
+
+    __slots__ = ("a_new", "mu0", "p", "per_p0", "var0", "var_p", "weight")
+
+    def __init__(self, mu0: np.ndarray, var0: np.ndarray, a_new: np.ndarray, weight: np.ndarray, p: float,
+                 per_p0: np.ndarray, var_p: float) -> None:
+        self.mu0, self.var0, self.a_new, self.weight = mu0, var0, a_new, weight
+        self.p, self.per_p0, self.var_p = p, per_p0, var_p
+
+    def risk_by_horizon(self, n: np.ndarray) -> np.ndarray:
+        """P(answers needing an agent >= agents free) by each horizon, with ``n`` other new dials ahead."""
+        a = self.a_new
+        n = n[:, None]
+        mu = self.mu0 + n * a
+        per_p = self.per_p0 + n * (a / self.p)
+        var = self.var0 + n * (a * (1.0 - a)) + per_p * per_p * self.var_p
+        return fast_sf((-0.5 - mu) / np.sqrt(var))
 
 
 class PredictivePacer:
@@ -41,61 +76,72 @@ class PredictivePacer:
         self._cached: tuple[np.ndarray, np.ndarray, np.ndarray] = (HORIZONS, HORIZONS, HORIZONS)
 
     def _grid(self, snap: Snapshot) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Answer-time grid, the weight of each cell and a new dial's answer probability by each
-        horizon; recomputed only when the learnt distributions changed."""
+        """Answer-time grid, the weight of each cell and the ring-time CDF at each horizon;
+        recomputed only when the learnt ring-time distribution changed."""
         est = snap.estimates
-        key = (id(est), est.version, snap.ring_timeout)
+        key = (id(est), est.ring.n // 32, snap.ring_timeout)
         if key != self._cache_key:
             horizons = HORIZONS[HORIZONS < snap.ring_timeout]
             horizons = np.append(horizons, snap.ring_timeout)
             ring_cdf = est.ring.cdf(horizons)
             weight = np.diff(np.concatenate(([0.0], ring_cdf)))
             weight = weight / max(weight.sum(), 1e-12)
-            self._cached = (horizons, weight, est.answer.p * ring_cdf)
+            self._cached = (horizons, weight, ring_cdf)
             self._cache_key = key
         return self._cached
 
-    def marginal_risk(self, snap: Snapshot, max_new: int) -> np.ndarray:
-        """Marginal abandon probability (given a live answer) of the 1st..``max_new``-th new dial."""
+    def parts(self, snap: Snapshot) -> _Parts:
         est = snap.estimates
-        horizons, weight, a_new = self._grid(snap)
-
-        mu_d = np.full(len(horizons), float(snap.waiting))
-        var_d = np.zeros(len(horizons))
-        if snap.ringing:
-            a = est.answered_within(np.asarray(snap.ringing), horizons)
-            mu_d += a.sum(0)
-            var_d += (a * (1.0 - a)).sum(0)
+        horizons, weight, ring_cdf = self._grid(snap)
         p = max(est.answer.p, 1e-6)
-        # Every call shares the same unknown answer rate: its uncertainty does not average out, and
-        # dominates the binomial noise for large teams and early in a campaign.
-        ringing_per_p = (mu_d - snap.waiting) / p
-
-        mu_s = np.full(len(horizons), float(snap.ready))
-        var_s = np.zeros(len(horizons))
+        mu = np.full(len(horizons), float(snap.waiting - snap.ready))
+        var = np.full(len(horizons), NOISE_VAR)
+        per_p0 = np.zeros(len(horizons))
+        if snap.ringing:
+            a = est.answered_within(np.asarray(snap.ringing, dtype=float), horizons)
+            s = a.sum(0)
+            mu += s
+            var += s - (a * a).sum(0)
+            # Every call shares the same unknown answer rate: its uncertainty does not average out, and
+            # dominates the binomial noise for large teams and early in a campaign.
+            per_p0 = s / p
         if snap.on_call or snap.wrap_up:
-            tq, wq = est.free_within(np.asarray(snap.on_call, dtype=float),
-                                     np.asarray(snap.wrap_up, dtype=float),
-                                     horizons + snap.connect_limit)
-            for q in (tq, wq):
+            for q in est.free_within(np.asarray(snap.on_call, dtype=float), np.asarray(snap.wrap_up, dtype=float),
+                                     horizons + snap.connect_limit):
                 if q.size:
-                    mu_s += q.sum(0)
-                    var_s += (q * (1.0 - q)).sum(0)
+                    s = q.sum(0)
+                    mu -= s
+                    var += s - (q * q).sum(0)
+        return _Parts(mu, var, p * ring_cdf, weight, p, per_p0, est.answer.variance)
 
-        others = np.arange(max_new, dtype=float)[:, None]  # new dials ahead of the candidate
-        mu = mu_d + others * a_new - mu_s
-        per_p = ringing_per_p + others * (a_new / p)
-        var = var_d + var_s + others * a_new * (1.0 - a_new) + per_p * per_p * est.answer.variance + 0.05
-        risk_h = normal_sf((-0.5 - mu) / np.sqrt(var))  # P(demand - supply >= 0) by each horizon
+    @staticmethod
+    def _marginal(parts: _Parts, n: np.ndarray) -> np.ndarray:
+        risk_h = parts.risk_by_horizon(n)
         # A call answered early takes an agent that a later answer would have had: it adds an abandon
         # whenever demand overtakes supply at its answer time *or later*, hence the running max from the end.
         risk_h = np.maximum.accumulate(risk_h[:, ::-1], axis=1)[:, ::-1]
-        return risk_h @ weight
+        return risk_h @ parts.weight
+
+    def marginal_risk(self, snap: Snapshot, max_new: int) -> np.ndarray:
+        """Marginal abandon probability (given a live answer) of the 1st..``max_new``-th new dial."""
+        return self._marginal(self.parts(snap), np.arange(max_new, dtype=float))
 
     def decide(self, snap: Snapshot) -> Decision:
         cap = dial_cap(snap)
         if cap == 0 or snap.staffed == 0:
             return Decision()
-        risk = self.marginal_risk(snap, cap)
-        over = np.flatnonzero(risk > snap.allowance)
-        return Decision(dials=int(over[0]) if over.size else cap)
+        parts = self.parts(snap)
+        allowance = snap.allowance
+        # The marginal risk is at least the risk at the last horizon (the running max includes it), which
+        # is cheap to get for every candidate: only the candidates below it need the whole grid.
+        n = np.arange(cap, dtype=float)
+        a, last = parts.a_new[-1], len(parts.a_new) - 1
+        mu = parts.mu0[last] + n * a
+        per_p = parts.per_p0[last] + n * (a / parts.p)
+        var = parts.var0[last] + n * (a * (1.0 - a)) + per_p * per_p * parts.var_p
+        over = np.flatnonzero(fast_sf((-0.5 - mu) / np.sqrt(var)) > allowance)
+        top = int(over[0]) if over.size else cap
+        if top == 0:
+            return Decision()
+        over = np.flatnonzero(self._marginal(parts, n[:top]) > allowance)
+        return Decision(dials=int(over[0]) if over.size else top)

@@ -1,0 +1,823 @@
+"""The Redis store: campaign state shared by every engine node of a deployment.
+
+Same contract as ``engine.store.memory.MemoryStore`` (the contract tests run
+both), built so that several nodes can share a campaign and a Redis Cluster can
+hold it.
+
+Key layout and slots
+--------------------
+Every key starts with the deployment prefix and carries exactly one hash tag:
+
+``<prefix>:{c:<campaign>}:...``
+    per campaign: lead records (``lead:<id>``), the number→lead map (``num``),
+    the ready queues per tier (``rdy:<tier>``, score = -lead score), the waiting
+    queue (``wait``: not yet eligible, or leased until), ``due`` (next time each
+    open lead can be handed out), status ``counts``, the results stream
+    (``res``), the blocks stream (``blk``), each lead's history (``hist:<id>``),
+    abandon/live minute buckets (``ab:<utc day>``: one hash per campaign and UTC
+    day, fields ``a<minute>``/``l<minute>`` plus day totals ``A``/``L``, so a
+    day expires as a whole after 31 days with no trimming pass, and a 30-day
+    window reads 29 day totals and two partial days, exact to the minute) and
+    per-call idempotence marks (``done:<call>``).
+``<prefix>:{n:<bucket>}:...``
+    per number, where ``bucket`` is the top 16 bits of the number's blind index:
+    the global DNC set of that bucket (``dnc``), each campaign's DNC set of that
+    bucket (``dnc:<campaign>``), the invalid-number set (``inv``), and the
+    number's own keys: in-flight lock (``lock:<ix>``), calls per local day
+    (``day:<ix>:<date>``), calls in the last 24 h (``r24:<ix>``), last abandon
+    (``abn:<ix>``).
+
+The per-number state is tagged by the *DNC bucket* of the number, not by the
+number itself: the reservation script must read the DNC sets and update the
+number's counters atomically, and that is only possible if they share a slot.
+65,536 tags spread evenly over the 16,384 cluster slots. Per-contact caps are
+global (across campaigns), so none of that state can live under a campaign tag.
+
+A reservation therefore takes two scripts, each within one slot: the atomic
+decision (one Lua script in the number's slot: DNC global and campaign,
+invalid, in-flight lock, per-day and 24 h caps, the lifetime cap on the claimed
+lead's count, then lock and count), and the lead's bookkeeping (campaign slot:
+the stored attempt count re-checked against the lifetime cap, attempts + 1, in
+call, lease dropped; a disagreement undoes step one). The number lock taken in
+step one is what serialises attempts on a number (and so on a lead); a crash
+between the two leaves a counted, locked number that was never dialled -- a
+lost attempt, never a double dial. ``finish_attempt`` is likewise two scripts,
+each idempotent (a per-call mark), so the engine may retry it after a
+connection loss without counting anything twice.
+
+Scripts that touch lead records build those keys inside the script from the
+campaign's tag (they are not all known up front); they always share the
+campaign's slot, which is what Redis Cluster checks. ``redis+cluster://`` URLs
+use redis-py's cluster client; the whole store runs on a real three-primary
+cluster in the tests (bulk DNC loads then use plain SADD, as redis-py does not
+pipeline EVALSHA in cluster mode).
+
+DNC at scale
+------------
+A number's blind index is 63 bits. Its top 16 bits choose the bucket (one small
+Redis set), and bits 16..46 are the member: a 31-bit integer, so each set stays
+an *intset* of 4-byte entries (keep ``set-max-intset-entries`` at its default
+512: 65,536 buckets x 512 = 33 M numbers before any set converts). Dropping the
+low bits can only make two numbers look alike, which blocks a dial, never
+allows one (fail safe). The same encoding serves the invalid-number sets.
+
+Time
+----
+Times are the engine's (wall clock, possibly virtual); the store never reads a
+clock. The *network* timeouts, though, run on the event loop's clock, so this
+store needs a real-time loop: under ``simulations.vloop.VirtualTimeLoop`` the
+clock jumps ahead while a reply is on its way and requests time out spuriously.
+
+Redis TTLs are only garbage collection, always longer than the rule they serve:
+locks expire ``lock_s`` + 60 s after being taken, day counters after 2 days,
+24 h sets after 25 h, last-abandon marks after 8 days, abandon buckets after 32
+days (windows are at most 31 days), call marks after 2 days (a write retried
+after a connection loss comes back well within that). Lead records, results and
+blocks are campaign data and have no TTL.
+
+Failures
+--------
+Every method raises ``StoreUnavailable`` on a connection error, a timeout, or a
+server that cannot serve (loading, read-only replica, cluster down): sockets
+have short timeouts and every call an overall deadline, so nothing hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import string
+import sys
+from array import array
+from collections import defaultdict
+from collections.abc import AsyncIterator, Collection, Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+import structlog
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from engine.crypto import FieldCipher
+from engine.models import CallAttempt, CallResult, Lead, Veto
+from engine.pii import BlindIndex
+from engine.store.base import AbandonCounts, Caps, DialContext, Reservation, StoreUnavailable, abandon_bucket
+
+log = structlog.get_logger("engine.store.redis")
+
+_DAY = 86_400.0
+BUCKET_BITS = 16  # DNC buckets: 2^16 small sets
+_MEMBER_MASK = (1 << 31) - 1
+_E164 = re.compile(r"^\+[1-9]\d{1,14}$")
+_UNAVAILABLE_REPLIES = ("LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "BUSY")
+_MINUTES_PER_DAY = 1440
+
+LOCK_SLACK_S = 60
+DAY_TTL_S = 2 * 86_400
+R24_TTL_S = 25 * 3600
+ABANDON_MARK_TTL_S = 8 * 86_400
+BUCKET_TTL_S = 32 * 86_400
+CALL_MARK_TTL_S = 2 * 86_400
+MAX_WINDOW_DAYS = 40  # abandon_counts reads at most this many days back (buckets expire after 32)
+
+
+def bucket_of(ix: int) -> int:
+    """The DNC bucket (and per-number hash tag) of a blind index."""
+    return ix >> (63 - BUCKET_BITS)
+
+
+def member_of(ix: int) -> int:
+    """The 31-bit intset member standing for a blind index inside its bucket."""
+    return (ix >> 16) & _MEMBER_MASK
+
+
+# -- Lua -----------------------------------------------------------------------------------
+
+
+def _lua(source: str, **constants: int) -> str:
+    """A script with ``$name`` constants filled in (Lua itself never uses ``$``)."""
+    return string.Template(source).substitute(constants)
+
+
+# Shared by the campaign scripts: move a lead to pending (queued at ``ne``) or done.
+_RESCHEDULE = """
+local function set_status(t, old, new)
+  if old ~= new then
+    redis.call('HINCRBY', t .. 'counts', old, -1)
+    redis.call('HINCRBY', t .. 'counts', new, 1)
+  end
+end
+local function reschedule(t, lead_id, ne)
+  local lk = t .. 'lead:' .. lead_id
+  local st = redis.call('HGET', lk, 'st')
+  if not st then return end
+  local tier = redis.call('HGET', lk, 'tier')
+  redis.call('ZREM', t .. 'rdy:' .. tier, lead_id)
+  redis.call('HDEL', lk, 'lu', 'node')
+  if ne == '' then
+    redis.call('HSET', lk, 'st', 'done')
+    redis.call('ZREM', t .. 'wait', lead_id)
+    redis.call('ZREM', t .. 'due', lead_id)
+    set_status(t, st, 'done')
+  else
+    redis.call('HSET', lk, 'st', 'pending', 'ne', ne)
+    redis.call('ZADD', t .. 'wait', ne, lead_id)
+    redis.call('ZADD', t .. 'due', ne, lead_id)
+    set_status(t, st, 'pending')
+  end
+end
+"""
+
+# KEYS: campaign keys used (num, counts, tiers, wait, due); ARGV[1] = campaign tag prefix,
+# then 8 values per lead: id, ix, blob, tier, score, -score, attempts, next_eligible, status
+_ADD_LEADS = _RESCHEDULE + """
+local t = ARGV[1]
+local new = 0
+for i = 2, #ARGV, 9 do
+  local id, ix, blob, tier, score, neg, att, ne, st =
+    ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6], ARGV[i+7], ARGV[i+8]
+  local existing = redis.call('HGET', t .. 'num', ix)
+  redis.call('SADD', t .. 'tiers', tier)
+  if existing then
+    local lk = t .. 'lead:' .. existing
+    local old_tier = redis.call('HGET', lk, 'tier')
+    local cur = redis.call('HGET', lk, 'st')
+    redis.call('HSET', lk, 'd', blob, 'tier', tier, 'score', score, 'neg', neg)
+    if cur == 'pending' then
+      redis.call('ZREM', t .. 'rdy:' .. old_tier, existing)
+      local cne = redis.call('HGET', lk, 'ne')
+      if tonumber(cne) <= 0 then
+        redis.call('ZADD', t .. 'rdy:' .. tier, neg, existing)
+      else
+        redis.call('ZADD', t .. 'wait', cne, existing)
+      end
+    end
+  else
+    local lk = t .. 'lead:' .. id
+    if redis.call('EXISTS', lk) == 1 then
+      return redis.error_reply('DUPLICATE_LEAD_ID ' .. id)
+    end
+    redis.call('HSET', lk, 'd', blob, 'ix', ix, 'tier', tier, 'score', score, 'neg', neg,
+               'att', att, 'ne', ne, 'st', st)
+    redis.call('HSET', t .. 'num', ix, id)
+    redis.call('HINCRBY', t .. 'counts', st, 1)
+    if st == 'pending' then
+      redis.call('ZADD', t .. 'due', ne, id)
+      if tonumber(ne) <= 0 then
+        redis.call('ZADD', t .. 'rdy:' .. tier, neg, id)
+      else
+        redis.call('ZADD', t .. 'wait', ne, id)
+      end
+    end
+    new = new + 1
+  end
+end
+return new
+"""
+
+# KEYS: wait, due, tiers, counts; ARGV: tag prefix, now, n, lease_until, node, tiers ('*' = all, else ',a,b,')
+_CLAIM = _RESCHEDULE + """
+local t, now, n, lu, node, only = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
+-- promote: leases that lapsed come back, waiting leads that came due become ready
+local due = redis.call('ZRANGEBYSCORE', t .. 'wait', '-inf', ARGV[2])
+for _, id in ipairs(due) do
+  redis.call('ZREM', t .. 'wait', id)
+  local lk = t .. 'lead:' .. id
+  local f = redis.call('HMGET', lk, 'st', 'lu', 'ne', 'tier', 'neg')
+  local st = f[1]
+  if st == 'leased' and tonumber(f[2] or '0') <= now then
+    redis.call('HSET', lk, 'st', 'pending')
+    redis.call('HDEL', lk, 'lu', 'node')
+    redis.call('ZADD', t .. 'due', f[3], id)
+    set_status(t, 'leased', 'pending')
+    st = 'pending'
+  end
+  if st == 'pending' and tonumber(f[3]) <= now then
+    redis.call('ZADD', t .. 'rdy:' .. f[4], f[5], id)
+  end
+end
+local tiers = redis.call('SMEMBERS', t .. 'tiers')
+table.sort(tiers, function(a, b) return tonumber(a) < tonumber(b) end)
+local out = {}
+local got = 0
+for _, tier in ipairs(tiers) do
+  if got >= n then break end
+  if only == '*' or string.find(only, ',' .. tier .. ',', 1, true) then
+    local rk = t .. 'rdy:' .. tier
+    while got < n do
+      local top = redis.call('ZPOPMIN', rk)
+      if #top == 0 then break end
+      local id = top[1]
+      local lk = t .. 'lead:' .. id
+      local f = redis.call('HMGET', lk, 'st', 'ne', 'tier', 'neg', 'd', 'score', 'att', 'ix')
+      if f[1] == 'pending' and tonumber(f[2]) <= now then
+        if f[3] ~= tier then
+          redis.call('ZADD', t .. 'rdy:' .. f[3], f[4], id)
+        else
+          redis.call('HSET', lk, 'st', 'leased', 'lu', lu, 'node', node)
+          redis.call('ZADD', t .. 'wait', lu, id)
+          redis.call('ZADD', t .. 'due', lu, id)
+          set_status(t, 'pending', 'leased')
+          got = got + 1
+          table.insert(out, id)
+          table.insert(out, f[5])
+          table.insert(out, f[3])
+          table.insert(out, f[6])
+          table.insert(out, f[7])
+          table.insert(out, f[2])
+          table.insert(out, f[8])
+        end
+      end
+    end
+  end
+end
+return out
+"""
+
+# KEYS: dnc, campaign dnc, invalid, lock, day counter, 24 h set
+# ARGV: member, now, per_day, per_24h, lifetime_reached, lock value, lock ttl ms, call id, 24 h cutoff
+_RESERVE = _lua("""
+local m, now = ARGV[1], tonumber(ARGV[2])
+if redis.call('SISMEMBER', KEYS[1], m) == 1 or redis.call('SISMEMBER', KEYS[2], m) == 1 then return 'dnc' end
+if redis.call('SISMEMBER', KEYS[3], m) == 1 then return 'invalid_number' end
+local lock = redis.call('GET', KEYS[4])
+if lock and tonumber(string.match(lock, '^(%S+)')) > now then return 'in_flight' end
+if tonumber(redis.call('GET', KEYS[5]) or '0') >= tonumber(ARGV[3]) then return 'cap_per_day' end
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', ARGV[9])
+if redis.call('ZCARD', KEYS[6]) >= tonumber(ARGV[4]) then return 'cap_24h' end
+if ARGV[5] == '1' then return 'cap_lifetime' end
+redis.call('SET', KEYS[4], ARGV[6], 'PX', ARGV[7])
+redis.call('INCR', KEYS[5])
+redis.call('EXPIRE', KEYS[5], $day_ttl)
+redis.call('ZADD', KEYS[6], ARGV[2], ARGV[8])
+redis.call('EXPIRE', KEYS[6], $r24_ttl)
+return 'ok'
+""", day_ttl=DAY_TTL_S, r24_ttl=R24_TTL_S)
+
+# KEYS: wait, due, counts; ARGV: tag prefix, lead id, lifetime cap
+# Returns the new attempt count, -1 for an unknown lead, -2 when the stored count is at the cap.
+_RESERVED = """
+local t, id = ARGV[1], ARGV[2]
+local lk = t .. 'lead:' .. id
+local f = redis.call('HMGET', lk, 'st', 'att')
+local st = f[1]
+if not st then return -1 end
+if tonumber(f[2]) >= tonumber(ARGV[3]) then return -2 end
+local att = redis.call('HINCRBY', lk, 'att', 1)
+redis.call('HSET', lk, 'st', 'in_call')
+redis.call('HDEL', lk, 'lu', 'node')
+redis.call('ZREM', t .. 'wait', id)
+redis.call('ZREM', t .. 'due', id)
+if st ~= 'in_call' then
+  redis.call('HINCRBY', t .. 'counts', st, -1)
+  redis.call('HINCRBY', t .. 'counts', 'in_call', 1)
+end
+return att
+"""
+
+# KEYS: lock, day counter, 24 h set; ARGV: call id. Undoes a reservation the lead's own count refused.
+_UNRESERVE = """
+local lock = redis.call('GET', KEYS[1])
+if lock and string.match(lock, '^%S+ (.*)') == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then redis.call('DECR', KEYS[2]) end
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1
+"""
+
+# KEYS: call mark, results, history, abandon day hash, wait, due, counts
+# ARGV: tag prefix, lead id, row, next eligible ('' = done), live, abandoned, bucket
+_FINISH_CAMPAIGN = _RESCHEDULE + _lua("""
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', $mark_ttl) then return 0 end
+redis.call('XADD', KEYS[2], '*', 'r', ARGV[3])
+redis.call('RPUSH', KEYS[3], ARGV[3])
+if ARGV[5] == '1' then
+  redis.call('HINCRBY', KEYS[4], 'l' .. ARGV[7], 1)
+  redis.call('HINCRBY', KEYS[4], 'L', 1)
+  if ARGV[6] == '1' then
+    redis.call('HINCRBY', KEYS[4], 'a' .. ARGV[7], 1)
+    redis.call('HINCRBY', KEYS[4], 'A', 1)
+  end
+  redis.call('EXPIRE', KEYS[4], $bucket_ttl)
+end
+reschedule(ARGV[1], ARGV[2], ARGV[4])
+return 1
+""", mark_ttl=CALL_MARK_TTL_S, bucket_ttl=BUCKET_TTL_S)
+
+# KEYS: lock, invalid set, last-abandon mark; ARGV: call id, abandoned, now, invalid, member
+_FINISH_NUMBER = _lua("""
+local lock = redis.call('GET', KEYS[1])
+if lock and string.match(lock, '^%S+ (.*)') == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if ARGV[2] == '1' then redis.call('SET', KEYS[3], ARGV[3], 'EX', $abn_ttl) end
+if ARGV[4] == '1' then redis.call('SADD', KEYS[2], ARGV[5]) end
+return 1
+""", abn_ttl=ABANDON_MARK_TTL_S)
+
+# KEYS: wait, due, counts; ARGV: tag prefix, lead id, next eligible ('' = done)
+_RELEASE = _RESCHEDULE + """
+reschedule(ARGV[1], ARGV[2], ARGV[3])
+return 1
+"""
+
+# KEYS: the day hashes, oldest first; ARGV: first bucket, last bucket, then each key's day number
+_ABANDON_COUNTS = _lua("""
+local first, last = tonumber(ARGV[1]), tonumber(ARGV[2])
+local a, l = 0, 0
+for i, key in ipairs(KEYS) do
+  local day = tonumber(ARGV[i + 2])
+  if day * $mpd >= first and (day + 1) * $mpd - 1 <= last then
+    a = a + tonumber(redis.call('HGET', key, 'A') or '0')
+    l = l + tonumber(redis.call('HGET', key, 'L') or '0')
+  else
+    local flat = redis.call('HGETALL', key)
+    for j = 1, #flat, 2 do
+      local f = flat[j]
+      local kind = string.sub(f, 1, 1)
+      if kind == 'a' or kind == 'l' then
+        local b = tonumber(string.sub(f, 2))
+        if b >= first and b <= last then
+          if kind == 'a' then a = a + tonumber(flat[j + 1]) else l = l + tonumber(flat[j + 1]) end
+        end
+      end
+    end
+  end
+end
+return {a, l}
+""", mpd=_MINUTES_PER_DAY)
+
+# KEYS: one DNC bucket; ARGV[1]: members packed as little-endian 32-bit integers (cheap to send in bulk)
+_DNC_ADD = """
+local packed = ARGV[1]
+local added, batch = 0, {}
+for pos = 1, #packed, 4 do
+  batch[#batch + 1] = struct.unpack('<I4', packed, pos)
+  if #batch == 1000 then
+    added = added + redis.call('SADD', KEYS[1], unpack(batch))
+    batch = {}
+  end
+end
+if #batch > 0 then added = added + redis.call('SADD', KEYS[1], unpack(batch)) end
+return added
+"""
+
+# KEYS: lead key; ARGV: old token, new token
+_REENCRYPT = """
+local d = redis.call('HGET', KEYS[1], 'd')
+if d ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'd', ARGV[2])
+return 1
+"""
+
+SCRIPTS = {
+    "add_leads": _ADD_LEADS,
+    "claim": _CLAIM,
+    "reserve": _RESERVE,
+    "reserved": _RESERVED,
+    "unreserve": _UNRESERVE,
+    "finish_campaign": _FINISH_CAMPAIGN,
+    "finish_number": _FINISH_NUMBER,
+    "release": _RELEASE,
+    "abandon_counts": _ABANDON_COUNTS,
+    "reencrypt": _REENCRYPT,
+    "dnc_add": _DNC_ADD,
+}
+
+
+def _num(value: float) -> str:
+    """A float as Redis and Lua read it back exactly."""
+    return repr(float(value))
+
+
+class RedisStore:
+    """Redis implementation of ``engine.store.base.Store`` (see the module docstring for the layout)."""
+
+    def __init__(self, url: str, *, prefix: str = "dialer", index: BlindIndex | None = None,
+                 cipher: FieldCipher | None = None, socket_timeout: float = 2.0,
+                 connect_timeout: float = 1.0, op_timeout: float = 5.0, cluster: bool = False) -> None:
+        """``url``: ``redis://`` (one server) or ``redis+cluster://host:port`` (any node of a Redis
+        Cluster; ``cluster=True`` says the same)."""
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]+", prefix):
+            raise ValueError(f"key prefix {prefix!r}: only letters, digits and _ . : - (no hash tag braces)")
+        self.prefix = prefix
+        self._index = index or BlindIndex.from_env()
+        self._cipher = cipher or FieldCipher.from_env()
+        self._op_timeout = op_timeout
+        self.cluster = cluster or url.startswith("redis+cluster://")
+        if self.cluster:
+            self._redis: Any = RedisCluster.from_url(
+                url.replace("redis+cluster://", "redis://", 1), decode_responses=True,
+                socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout,
+                retry=Retry(NoBackoff(), 1),
+            )
+        else:
+            self._redis = aioredis.Redis.from_url(
+                url, decode_responses=True, socket_timeout=socket_timeout,
+                socket_connect_timeout=connect_timeout, retry=Retry(NoBackoff(), 1),
+                retry_on_error=[RedisConnectionError], health_check_interval=30,
+            )
+        parsed = urlsplit(url)
+        self._where = f"{parsed.hostname or parsed.path}:{parsed.port or ''}"  # never the password
+        self._scripts = {name: self._redis.register_script(src) for name, src in SCRIPTS.items()}
+        self.script_calls: list[tuple[str, list[str], str | None]] | None = None  # set to a list to record
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def campaign_tag(self, campaign_id: str) -> str:
+        """Prefix of every key of one campaign (ends with ':'); its hash tag fixes the slot."""
+        return f"{self.prefix}:{{c:{campaign_id}}}:"
+
+    def number_tag(self, ix: int) -> str:
+        """Prefix of every key about numbers in ``ix``'s DNC bucket (ends with ':')."""
+        return f"{self.prefix}:{{n:{bucket_of(ix)}}}:"
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _guard(self, deadline: float | None = None) -> AsyncIterator[None]:
+        """Connection trouble becomes StoreUnavailable, within a deadline."""
+        try:
+            async with asyncio.timeout(deadline if deadline is not None else self._op_timeout):
+                yield
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:  # OSError covers TimeoutError
+            raise StoreUnavailable(f"redis at {self._where}: {type(exc).__name__}: {exc}") from exc
+        except ResponseError as exc:
+            if str(exc).split(" ", 1)[0] in _UNAVAILABLE_REPLIES:
+                raise StoreUnavailable(f"redis at {self._where} cannot serve: {exc}") from exc
+            raise
+
+    async def _run(self, name: str, keys: list[str], args: list[Any], tag: str | None = None) -> Any:
+        """Run one script. ``tag``: the prefix of keys the script builds itself (same slot as ``keys``)."""
+        if self.script_calls is not None:
+            self.script_calls.append((name, list(keys), tag))
+        return await self._scripts[name](keys=keys, args=args)
+
+    def _blob(self, lead: Lead, ix: int) -> str:
+        return json.dumps({
+            "p": self._cipher.encrypt(lead.phone, f"{lead.campaign_id}/{ix}"),
+            "tz": lead.timezone,
+            "tags": list(lead.tags),
+            "attrs": lead.attributes,
+            "cs": lead.consent_source,
+            "ce": lead.consent_expires.isoformat() if lead.consent_expires else None,
+        }, separators=(",", ":"), default=str)
+
+    def _lead(self, campaign_id: str, lead_id: str, blob: str, tier: str, score: str, attempts: str,
+              next_eligible: str, ix: str, status: str) -> Lead:
+        d = json.loads(blob)
+        return Lead(
+            lead_id=lead_id, campaign_id=campaign_id,
+            phone=self._cipher.decrypt(d["p"], f"{campaign_id}/{ix}"),
+            tier=int(tier), score=float(score), timezone=d.get("tz"), tags=tuple(d.get("tags") or ()),
+            attributes=dict(d.get("attrs") or {}), consent_source=d.get("cs"),
+            consent_expires=datetime.fromisoformat(d["ce"]) if d.get("ce") else None,
+            attempts=int(attempts), next_eligible=float(next_eligible), status=status,
+        )
+
+    # -- leads -----------------------------------------------------------------------------
+
+    async def add_leads(self, leads: Iterable[Lead], *, batch: int = 500) -> int:
+        by_campaign: dict[str, list[Lead]] = defaultdict(list)
+        for lead in leads:
+            by_campaign[lead.campaign_id].append(lead)
+        new = 0
+        for cid, group in by_campaign.items():
+            t = self.campaign_tag(cid)
+            keys = [t + "num", t + "counts", t + "tiers", t + "wait", t + "due"]
+            for i in range(0, len(group), batch):
+                args: list[Any] = [t]
+                for lead in group[i:i + batch]:
+                    ix = self._index(lead.phone)
+                    args += [lead.lead_id, str(ix), self._blob(lead, ix), str(int(lead.tier)),
+                             _num(lead.score), _num(-lead.score), str(int(lead.attempts)),
+                             _num(lead.next_eligible), lead.status]
+                try:
+                    async with self._guard():
+                        new += int(await self._run("add_leads", keys, args, t))
+                except ResponseError as exc:
+                    if "DUPLICATE_LEAD_ID" in str(exc):
+                        dup = str(exc).split("DUPLICATE_LEAD_ID ", 1)[-1]
+                        raise ValueError(f"lead id {dup!r} already used for another number") from None
+                    raise
+        return new
+
+    async def claim_leads(self, campaign_id: str, n: int, *, now: float, node_id: str,
+                          lease_s: float, tiers: Collection[int] | None = None) -> list[Lead]:
+        if n <= 0:
+            return []
+        t = self.campaign_tag(campaign_id)
+        only = "*" if tiers is None else "," + ",".join(str(int(x)) for x in tiers) + ","
+        async with self._guard():
+            flat = await self._run("claim", [t + "wait", t + "due", t + "tiers", t + "counts"],
+                                   [t, _num(now), n, _num(now + lease_s), node_id, only], t)
+        return [self._lead(campaign_id, *flat[i:i + 7], "leased") for i in range(0, len(flat), 7)]
+
+    async def release_lead(self, lead: Lead, *, now: float, next_eligible: float | None) -> None:
+        t = self.campaign_tag(lead.campaign_id)
+        async with self._guard():
+            await self._run("release", [t + "wait", t + "due", t + "counts"],
+                            [t, lead.lead_id, "" if next_eligible is None else _num(next_eligible)], t)
+
+    # -- dialling --------------------------------------------------------------------------
+
+    async def dial_context(self, lead: Lead, *, now: float, day_key: str) -> DialContext:
+        ix = self._index(lead.phone)
+        n, m, t = self.number_tag(ix), member_of(ix), self.campaign_tag(lead.campaign_id)
+        async with self._guard():
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.sismember(n + "dnc", m)
+            pipe.sismember(n + f"dnc:{lead.campaign_id}", m)
+            pipe.sismember(n + "inv", m)
+            pipe.get(n + f"lock:{ix}")
+            pipe.get(n + f"day:{ix}:{day_key}")
+            pipe.zcount(n + f"r24:{ix}", f"({_num(now - _DAY)}", "+inf")
+            pipe.get(n + f"abn:{ix}")
+            pipe.lrange(t + f"hist:{lead.lead_id}", 0, -1)
+            dnc, cdnc, inv, lock, day, r24, abn, hist = await pipe.execute()
+        return DialContext(
+            lead=lead, now=now, day_key=day_key,
+            attempts_today=int(day or 0), attempts_24h=int(r24),
+            dnc=bool(dnc) or bool(cdnc), invalid_number=bool(inv),
+            last_abandoned_at=float(abn) if abn is not None else None,
+            in_flight=lock is not None and float(lock.split(" ", 1)[0]) > now,
+            history=tuple(json.loads(h) for h in hist),
+        )
+
+    async def reserve_attempt(self, call: CallAttempt, *, now: float, day_key: str, caps: Caps,
+                              node_id: str) -> Reservation:
+        """Two round trips: the atomic decision in the number's slot (the lifetime cap judged on the
+        claimed lead's count), then the lead's own count, re-checked where it is stored; in the rare
+        case it disagrees (the lead was claimed again elsewhere after a lapsed lease), the
+        reservation is undone and refused as ``cap_lifetime``."""
+        lead = call.lead
+        ix = self._index(lead.phone)
+        n, t = self.number_tag(ix), self.campaign_tag(lead.campaign_id)
+        lock, day, r24 = n + f"lock:{ix}", n + f"day:{ix}:{day_key}", n + f"r24:{ix}"
+        async with self._guard():
+            keys = [n + "dnc", n + f"dnc:{lead.campaign_id}", n + "inv", lock, day, r24]
+            verdict = await self._run("reserve", keys, [
+                member_of(ix), _num(now), caps.per_day, caps.per_24h, "1" if lead.attempts >= caps.lifetime else "0",
+                f"{_num(now + caps.lock_s)} {call.call_id}", int((caps.lock_s + LOCK_SLACK_S) * 1000), call.call_id,
+                _num(now - _DAY)])
+            if verdict != "ok":
+                return _refusal(verdict, caps, day_key)
+            attempts = int(await self._run("reserved", [t + "wait", t + "due", t + "counts"],
+                                           [t, lead.lead_id, caps.lifetime], t))
+            if attempts < 0:
+                await self._run("unreserve", [lock, day, r24], [call.call_id])
+                if attempts == -1:
+                    raise KeyError(f"unknown lead {lead.lead_id!r} in campaign {lead.campaign_id!r}")
+                return _refusal("cap_lifetime", caps, day_key)
+        return Reservation(True)
+
+    async def finish_attempt(self, call: CallAttempt, result: CallResult, *, now: float,
+                             next_eligible: float | None, abandoned: bool, live: bool,
+                             invalid_number: bool = False) -> None:
+        lead = call.lead
+        ix = self._index(lead.phone)
+        n, t = self.number_tag(ix), self.campaign_tag(call.campaign_id)
+        bucket = abandon_bucket(now)
+        row = json.dumps(result.as_row(), separators=(",", ":"))
+        async with self._guard():
+            await self._run("finish_campaign", [
+                t + f"done:{call.call_id}", t + "res", t + f"hist:{lead.lead_id}",
+                t + f"ab:{bucket // _MINUTES_PER_DAY}", t + "wait", t + "due", t + "counts",
+            ], [t, lead.lead_id, row, "" if next_eligible is None else _num(next_eligible),
+                "1" if live else "0", "1" if abandoned and live else "0", bucket], t)
+            await self._run("finish_number", [n + f"lock:{ix}", n + "inv", n + f"abn:{ix}"], [
+                call.call_id, "1" if abandoned and live else "0", _num(now), "1" if invalid_number else "0",
+                member_of(ix)])
+
+    async def record_block(self, campaign_id: str, lead: Lead, veto: Veto, *, now: float) -> None:
+        row = json.dumps({"lead_id": lead.lead_id, "rule": veto.rule, "reason": veto.reason, "at": now},
+                         separators=(",", ":"))
+        async with self._guard():
+            await self._redis.xadd(self.campaign_tag(campaign_id) + "blk", {"b": row})
+
+    async def abandon_counts(self, campaign_id: str, *, since: float, now: float) -> AbandonCounts:
+        first, last = abandon_bucket(since), abandon_bucket(now)
+        if last < first:
+            return AbandonCounts(0, 0)
+        last_day = last // _MINUTES_PER_DAY
+        first_day = max(first // _MINUTES_PER_DAY, last_day - MAX_WINDOW_DAYS)
+        t = self.campaign_tag(campaign_id)
+        days = list(range(first_day, last_day + 1))
+        async with self._guard():
+            a, live = await self._run("abandon_counts", [t + f"ab:{d}" for d in days], [first, last, *days])
+        return AbandonCounts(int(a), int(live))
+
+    # -- DNC -------------------------------------------------------------------------------
+
+    def _dnc_key(self, ix: int, campaign_id: str | None) -> str:
+        return self.number_tag(ix) + ("dnc" if campaign_id is None else f"dnc:{campaign_id}")
+
+    async def add_dnc(self, phones: Iterable[str], campaign_id: str | None = None) -> int:
+        return await self._add_indexes((self._index(p) for p in phones), campaign_id)
+
+    async def _add_indexes(self, indexes: Iterable[int], campaign_id: str | None, chunk: int = 1_000_000) -> int:
+        """SADD in bulk: members grouped per bucket, so a million numbers take 65,536 commands."""
+        added, batch = 0, []
+        for ix in indexes:
+            batch.append(ix)
+            if len(batch) >= chunk:
+                added += await self._sadd_batch(batch, campaign_id)
+                batch = []
+        if batch:
+            added += await self._sadd_batch(batch, campaign_id)
+        return added
+
+    async def _sadd_batch(self, indexes: list[int], campaign_id: str | None) -> int:
+        shift = 63 - BUCKET_BITS
+        by_bucket: dict[int, array[int]] = defaultdict(lambda: array("I"))
+        for ix in indexes:
+            by_bucket[ix >> shift].append((ix >> 16) & _MEMBER_MASK)
+        suffix = "dnc" if campaign_id is None else f"dnc:{campaign_id}"
+        script = self._scripts["dnc_add"]
+        items = list(by_bucket.items())
+        added = 0
+        if not self.cluster:
+            async with self._guard():
+                await self._redis.script_load(_DNC_ADD)
+        for i in range(0, len(items), 16_384):  # one round trip per 16,384 buckets
+            async with self._guard():
+                pipe = self._redis.pipeline(transaction=False)
+                for bucket, members in items[i:i + 16_384]:
+                    if sys.byteorder != "little" and not self.cluster:
+                        members.byteswap()
+                    key = f"{self.prefix}:{{n:{bucket}}}:{suffix}"
+                    if self.script_calls is not None:
+                        self.script_calls.append(("dnc_add", [key], None))
+                    if self.cluster:  # redis-py refuses EVALSHA in a cluster pipeline: plain SADD
+                        pipe.sadd(key, *members.tolist())
+                    else:
+                        pipe.evalsha(script.sha, 1, key, members.tobytes())
+                added += sum(await pipe.execute())
+        return added
+
+    async def dnc_contains(self, phones: Iterable[str], campaign_id: str | None = None) -> list[bool]:
+        """For each number: on the global DNC list, or on ``campaign_id``'s. One round trip."""
+        indexes = [self._index(p) for p in phones]
+        targets: list[str | None] = [None] if campaign_id is None else [None, campaign_id]
+        by_key: dict[str, list[tuple[int, int]]] = defaultdict(list)  # key -> (position, member)
+        for pos, ix in enumerate(indexes):
+            for target in targets:
+                by_key[self._dnc_key(ix, target)].append((pos, member_of(ix)))
+        out = [False] * len(indexes)
+        if not by_key:
+            return out
+        async with self._guard():
+            pipe = self._redis.pipeline(transaction=False)
+            for key, entries in by_key.items():
+                pipe.smismember(key, [m for _, m in entries])
+            replies = await pipe.execute()
+        for (_, entries), hits in zip(by_key.items(), replies, strict=True):
+            for (pos, _), hit in zip(entries, hits, strict=True):
+                out[pos] = out[pos] or bool(hit)
+        return out
+
+    async def load_dnc_file(self, path: str | Path, campaign_id: str | None = None) -> int:
+        """Bulk-load a DNC file (one E.164 number per line; blank lines and ``#`` comments skipped).
+
+        Returns how many numbers were new to the list. Lines that are not E.164 are
+        counted and logged (never their content) and skipped: a DNC entry that cannot
+        match a lead protects nobody, so the operator must see it.
+        """
+        skipped = 0
+
+        def indexes() -> Iterable[int]:
+            nonlocal skipped
+            with open(path, encoding="utf-8") as fh:
+                for raw in fh:
+                    line = raw.strip()
+                    if not line or line.startswith("#"):
+                        continue
+                    if not _E164.match(line):
+                        skipped += 1
+                        continue
+                    yield self._index(line)
+
+        added = await self._add_indexes(indexes(), campaign_id)
+        if skipped:
+            log.warning("dnc file lines skipped: not E.164", skipped=skipped, file=str(path))
+        log.info("dnc file loaded", added=added, campaign=campaign_id or "global")
+        return added
+
+    def dnc_key_pattern(self) -> str:
+        """A SCAN pattern matching every DNC bucket (global and per campaign) of this deployment."""
+        return f"{self.prefix}:{{n:*}}:dnc*"
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def lead_counts(self, campaign_id: str) -> dict[str, int]:
+        async with self._guard():
+            raw = await self._redis.hgetall(self.campaign_tag(campaign_id) + "counts")
+        counts = {"pending": 0, "leased": 0, "in_call": 0, "done": 0}
+        counts.update({k: int(v) for k, v in raw.items()})
+        return counts
+
+    async def next_eligible_at(self, campaign_id: str) -> float | None:
+        async with self._guard():
+            first = await self._redis.zrange(self.campaign_tag(campaign_id) + "due", 0, 0, withscores=True)
+        return float(first[0][1]) if first else None
+
+    async def _stream(self, key: str, field: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        start = "-"
+        while True:
+            async with self._guard():
+                entries = await self._redis.xrange(key, min=start, count=5000)
+            out.extend(json.loads(fields[field]) for _, fields in entries)
+            if len(entries) < 5000:
+                return out
+            start = "(" + entries[-1][0]
+
+    async def results(self, campaign_id: str) -> list[dict[str, Any]]:
+        return await self._stream(self.campaign_tag(campaign_id) + "res", "r")
+
+    async def blocks(self, campaign_id: str) -> list[dict[str, Any]]:
+        return await self._stream(self.campaign_tag(campaign_id) + "blk", "b")
+
+    async def reencrypt(self, campaign_id: str) -> int:
+        """Rewrite the phone token of every lead not under the current data key (key rotation, step 2)."""
+        t = self.campaign_tag(campaign_id)
+        done, cursor = 0, 0
+        while True:
+            async with self._guard():  # the number -> lead map lists every lead, in the campaign's slot
+                cursor, entries = await self._redis.hscan(t + "num", cursor, count=1000)
+            for key in (t + f"lead:{lead_id}" for lead_id in entries.values()):
+                async with self._guard():
+                    blob, ix = await self._redis.hmget(key, ["d", "ix"])
+                if blob is None:
+                    continue
+                d = json.loads(blob)
+                if not self._cipher.needs_rotation(d["p"]):
+                    continue
+                context = f"{campaign_id}/{ix}"
+                d["p"] = self._cipher.encrypt(self._cipher.decrypt(d["p"], context), context)
+                async with self._guard():
+                    done += int(await self._run("reencrypt", [key], [blob, json.dumps(d, separators=(",", ":"))]))
+            if cursor == 0:
+                return done
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._redis.aclose()
+
+
+def _refusal(rule: str, caps: Caps, day_key: str) -> Reservation:
+    reasons = {
+        "dnc": "number is on a do-not-call list",
+        "invalid_number": "number found invalid on an earlier call",
+        "in_flight": "another attempt to this number is in progress",
+        "cap_per_day": f"{caps.per_day} calls already on {day_key}",
+        "cap_24h": f"{caps.per_24h} calls in the last 24 h",
+        "cap_lifetime": f"{caps.lifetime} attempts already made",
+    }
+    return Reservation(False, rule, reasons.get(rule, rule))
