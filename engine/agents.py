@@ -96,25 +96,29 @@ class AgentPool:
         self._ready[group][agent.agent_id] = agent
         self._on_ready()
 
-    def _take(self, group: str, state: AgentState) -> Agent | None:
-        """The longest-idle ready agent of the group, moved to ``state``; None if nobody is ready."""
+    def _take(self, group: str, state: AgentState, prefer: str | None = None) -> Agent | None:
+        """``prefer`` if ready, else the longest-idle ready agent of the group, moved to ``state``;
+        None if nobody is ready."""
         ready = self._ready[group]
         if not ready:
             return None
-        agent = next(iter(ready.values()))
+        agent = ready.get(prefer) if prefer is not None else None
+        if agent is None:
+            agent = next(iter(ready.values()))
         self._move(agent, state)
         return agent
 
-    def start_preview(self, group: str = "") -> Agent | None:
-        """An agent to show a lead to (preview mode)."""
-        return self._take(group, AgentState.PREVIEWING)
+    def start_preview(self, group: str = "", prefer: str | None = None) -> Agent | None:
+        """An agent to show a lead to (preview mode): ``prefer`` (e.g. the agent a follow-up belongs
+        to) when they are ready, else the longest idle."""
+        return self._take(group, AgentState.PREVIEWING, prefer)
 
     def end_preview(self, agent: Agent) -> None:
         self.make_ready(agent)
 
-    def take_ready(self, group: str = "") -> Agent | None:
-        """An agent for an answered call, at once."""
-        return self._take(group, AgentState.ON_CALL)
+    def take_ready(self, group: str = "", prefer: str | None = None) -> Agent | None:
+        """An agent for an answered call, at once (``prefer`` first when ready)."""
+        return self._take(group, AgentState.ON_CALL, prefer)
 
     def to_call(self, agent: Agent) -> None:
         """A previewing agent's own call was answered."""
@@ -128,13 +132,14 @@ class AgentPool:
         self.make_ready(agent)
 
     async def acquire(self, limit: float, waiter: asyncio.Future[Agent | None] | None = None,
-                      group: str = "") -> Agent | None:
+                      group: str = "", prefer: str | None = None) -> Agent | None:
         """An agent of ``group`` for an answered call within ``limit`` seconds, or None (abandoned).
 
-        The caller may pass the ``waiter`` future and resolve it with None itself
-        to give up early (the customer hung up while waiting).
+        ``prefer`` is taken when ready; the customer never waits for them while someone else is
+        free. The caller may pass the ``waiter`` future and resolve it with None itself to give up
+        early (the customer hung up while waiting).
         """
-        agent = self.take_ready(group)
+        agent = self.take_ready(group, prefer)
         if agent is not None:
             return agent
         if waiter is None:
@@ -167,7 +172,7 @@ class AgentPool:
     def elapsed(self, state: AgentState, group: str | None = None) -> tuple[float, ...]:
         now = self._clock()
         agents = self.by_state[state] if group is None else self._by_group[group][state]
-        return tuple(now - a.since for a in agents.values())
+        return tuple([now - a.since for a in agents.values()])
 
     def totals(self) -> dict[AgentState, float]:
         """Seconds spent in each state by the whole team, up to now."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -36,6 +37,7 @@ KPI_ROWS = [
     ("contact_rate", "live answers per dial"),
     ("blocked", "dials blocked by the gate"),
     ("machines", "answering machines"),
+    ("amd_false_positives", "AMD false positives (estimated, in abandoned)"),
     ("errors", "call handling errors"),
 ]
 
@@ -75,12 +77,25 @@ def print_summary(summaries: list[dict[str, Any]], console: Console) -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = _load(args.campaign)
-    from engine.plugins import make_plugin_manager
-
-    make_plugin_manager(cfg.campaign.plugins)
+    _checked_plugins(cfg, args.campaign)
+    keys = _development_keys(cfg)
+    if keys:
+        print(f"{args.campaign}: warning: {keys}; `dialer run` will refuse it", file=sys.stderr)
     print(f"{args.campaign}: OK (campaign {cfg.id!r}, mode {cfg.campaign.mode}, backend {cfg.campaign.backend}, "
           f"store {cfg.campaign.store}, abandon target {cfg.abandon.target} %)")
     return EXIT_OK
+
+
+def _checked_plugins(cfg: CampaignConfig, path: str) -> Any:
+    """The campaign's plugin manager, once every plugin loaded and accepted its settings."""
+    from engine.config import locate
+    from engine.plugins import make_plugin_manager, settings_problems
+
+    pm = make_plugin_manager(cfg.campaign.plugins)
+    problems = settings_problems(pm, cfg)
+    if problems:
+        raise locate(path, problems)
+    return pm
 
 
 # -- dialer run ---------------------------------------------------------------------------
@@ -97,19 +112,24 @@ def _build_store(cfg: CampaignConfig) -> Any:
 
 
 async def _run_campaign(cfg: CampaignConfig, args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    from engine.leads import load_leads
     from engine.results import ResultWriter
     from engine.status import show
     from simulations.runner import run_sim_campaign
 
     leads = None
+    store = _build_store(cfg)
     if args.leads:
-        report = load_leads(args.leads, cfg.id, cfg.campaign.default_region)
+        try:
+            report = await _clean_leads(args.leads, cfg, store, cfg.campaign.default_region)
+        except BaseException:
+            await store.close()
+            raise
         _print_rejects(args.leads, report)
         leads = report.leads
+    elif cfg.campaign.store != "memory" and (cfg.simulation is None or "leads" not in cfg.simulation.model_fields_set):
+        leads = []  # a shared store already holds the campaign's leads (`dialer leads import`): add no invented ones
     stem = f"{cfg.id}-{time.strftime('%Y%m%dT%H%M%S')}-{args.node_id}"
     results = ResultWriter(args.results or cfg.results.dir, stem, list(cfg.results.formats))
-    store = _build_store(cfg)
     backend, clock = None, None
     if cfg.campaign.backend != "sim" or cfg.campaign.store != "memory":
         from engine.clock import SystemClock
@@ -182,11 +202,33 @@ def _print_rejects(path: str, report: Any, limit: int = 20) -> None:
         print(f"{path}: {report.merged} rows merged into earlier rows with the same number", file=sys.stderr)
 
 
-def cmd_leads_import(args: argparse.Namespace) -> int:
+async def _clean_leads(path: str, cfg: CampaignConfig, store: Any, region: str) -> Any:
+    """A lead file cleaned (``engine.leads``), less the numbers the store learnt are invalid from
+    earlier calls: a re-import never brings them back. Those are rejected with their line."""
     from engine.leads import load_leads
 
+    report = load_leads(path, cfg.id, region)
+    flags = await store.invalid_numbers([lead.phone for lead in report.leads])
+    invalid = {lead.phone for lead, bad in zip(report.leads, flags, strict=True) if bad}
+    return load_leads(path, cfg.id, region, known_invalid=invalid) if invalid else report
+
+
+def cmd_leads_import(args: argparse.Namespace) -> int:
     cfg = _load(args.campaign)
-    report = load_leads(args.file, cfg.id, args.region or cfg.campaign.default_region)
+    region = args.region or cfg.campaign.default_region
+    keys = _development_keys(cfg)
+    if keys and os.environ.get("DIALER_ALLOW_DEVELOPMENT_KEYS") != "1":
+        print(f"{args.campaign}: {keys}; nothing was imported", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    async def clean() -> Any:
+        store = _build_store(cfg)
+        try:
+            return await _clean_leads(args.file, cfg, store, region)
+        finally:
+            await store.close()
+
+    report = asyncio.run(clean())
     _print_rejects(args.file, report)
     rejects = args.rejects or str(Path(args.file).with_suffix("")) + ".rejects.csv"
     report.write_rejects(rejects)
@@ -214,17 +256,36 @@ def cmd_leads_import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _development_keys(cfg: CampaignConfig) -> str | None:
+    """Why a shared store must not be used with the built-in keys, or None: they are public, so the
+    numbers and personal data they protect would be readable by anyone with the source."""
+    if cfg.campaign.store == "memory":
+        return None
+    from engine.crypto import FieldCipher
+    from engine.pii import BlindIndex
+
+    missing = [name for name, dev in (("DIALER_DATA_KEY", FieldCipher.from_env().is_development),
+                                      ("DIALER_INDEX_KEY", BlindIndex.from_env().is_development)) if dev]
+    if not missing:
+        return None
+    return (f"campaign.store = {cfg.campaign.store!r} with the built-in development key(s) for "
+            f"{' and '.join(missing)}: personal data in a shared store needs keys of your own (64 hex digits "
+            "each, in the environment or in the file named by <NAME>_FILE; see engine/crypto.py)")
+
+
 def _check_runnable(cfg: CampaignConfig, path: str, args: argparse.Namespace) -> str | None:
     """Why this campaign cannot run as asked, or None. Checked before anything starts: a campaign whose
     plugin or pacer is missing is refused rather than run without its gate."""
     from engine.pacing import make_pacer
-    from engine.plugins import make_plugin_manager
 
-    make_plugin_manager(cfg.campaign.plugins)  # PluginError: exit 2 with the plugin named
+    _checked_plugins(cfg, path)  # PluginError / ConfigError: exit 2 with the plugin or setting named
     try:
         make_pacer(cfg.campaign.mode)
     except (KeyError, ImportError, TypeError) as exc:
         return f"{path}: campaign.mode: {exc}"
+    keys = _development_keys(cfg)
+    if keys and os.environ.get("DIALER_ALLOW_DEVELOPMENT_KEYS") != "1":
+        return f"{path}: {keys}; for a lab run only, DIALER_ALLOW_DEVELOPMENT_KEYS=1"
     if not args.realtime and (cfg.campaign.backend != "sim" or cfg.campaign.store != "memory"):
         what = "backend " + repr(cfg.campaign.backend) if cfg.campaign.backend != "sim" \
             else "store " + repr(cfg.campaign.store)
@@ -315,6 +376,15 @@ def cmd_report_results(args: argparse.Namespace) -> int:
 
     cfg = _load(args.campaign)
     report = summarize_results(read_results(args.results), cfg)
+    if args.chart:
+        from engine.results_report import write_chart
+
+        try:
+            write_chart(report, args.chart, f"campaign {cfg.id}: {Path(args.results).name}")
+        except RuntimeError as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_FAILED
+        print(f"chart: {args.chart}", file=sys.stderr)
     print(json.dumps(report) if args.json else format_results_report(report))
     return EXIT_OK
 
@@ -396,6 +466,16 @@ def cmd_pbx_emulator(args: argparse.Namespace) -> int:
     return int(ami_emulator.main(args.rest) or 0)
 
 
+# -- dialer flood -------------------------------------------------------------------------
+
+
+def cmd_flood(args: argparse.Namespace) -> int:
+    """Flood one engine process from AMI emulator processes; exit 1 if counts differ on the two sides."""
+    from simulations import flood
+
+    return flood.run_from_args(args)
+
+
 # -- entry --------------------------------------------------------------------------------
 
 
@@ -422,7 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "stop dialling, let calls in flight finish and record the rest as interrupted.")
     r.add_argument("campaign", help="campaign TOML file")
     r.add_argument("--leads", help="CSV with a 'phone' column (optional: lead_id, tier, score, timezone, tags, "
-                   "consent_source); without it, [simulation] leads are generated")
+                   "consent_source); without it, [simulation] leads are generated (with store \"redis\" only when "
+                   "[simulation] leads is set: a shared store holds the campaign's imported leads)")
     r.add_argument("--results", help="directory for the results files (default: [results] dir)")
     r.add_argument("--realtime", action="store_true", help="run the simulated PBX at wall-clock speed")
     r.add_argument("--until", type=float, help="stop after this many seconds (loop time)")
@@ -469,10 +550,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="reports on a campaign (results, compliance)")
     rp_sub = rp.add_subparsers(dest="report_command", required=True, metavar="REPORT")
-    rr = rp_sub.add_parser("results", help="contacts by tier and customer type, conversion, follow-ups",
+    rr = rp_sub.add_parser("results", help="contacts by tier and customer type, conversion, follow-ups, hour by hour",
                            description="Summarise a results file written by `dialer run`.")
     rr.add_argument("campaign", help="campaign TOML file (its dispositions say what a conversion is)")
     rr.add_argument("results", help="results CSV or JSONL written by `dialer run`")
+    rr.add_argument("--chart", metavar="FILE.png", help="also draw the day: dials and contacts per hour, the "
+                    "abandon rate so far against the target")
     rr.add_argument("--json", action="store_true")
     rr.set_defaults(func=cmd_report_results)
     rc = rp_sub.add_parser("compliance", help="abandon rate per regulatory window, blocked dials by rule",
@@ -490,15 +573,25 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     e.add_argument("rest", nargs=argparse.REMAINDER)
     e.set_defaults(func=cmd_pbx_emulator)
+
+    from simulations import flood
+
+    fl = sub.add_parser("flood", help="flood the engine with calls from AMI emulator processes",
+                        description=flood.DESCRIPTION)
+    flood.add_arguments(fl)
+    fl.set_defaults(func=cmd_flood)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["pbx-emulator"]:  # its own parser: every option goes through untouched
+    if "pbx-emulator" in argv:  # its own parser: every option after the command goes through untouched
+        at = argv.index("pbx-emulator")
+        head = build_parser().parse_args([*argv[:at], "check", "-"])  # the global options before it
+        logs.configure(head.log_level, json=True if head.log_json else None)
         from simulations import ami_emulator
 
-        return int(ami_emulator.main(argv[1:]) or 0)
+        return int(ami_emulator.main(argv[at + 1:]) or 0)
     args = build_parser().parse_args(argv)
     logs.configure(args.log_level, json=True if args.log_json else None)
     try:

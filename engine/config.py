@@ -76,9 +76,16 @@ class AbandonSection(_Section):
     # A person who hangs up in the silence before any agent was free was not connected within the
     # limit: counted as an abandon (the safe reading of TSR/Ofcom) unless a campaign says otherwise.
     count_early_hangups: bool = True
+    # Hold every window's own measured rate under the target at every moment once this many live
+    # answers are counted (a new campaign has no history for the controller's forecast to lean on).
+    cap_guard: bool = True
+    cap_guard_live: int = Field(default=100, ge=1)
 
     @model_validator(mode="after")
     def _windows(self) -> AbandonSection:
+        if self.count_amd_false_positives and self.amd_false_positive_rate <= 0:
+            raise ValueError("count_amd_false_positives: set amd_false_positive_rate, the share of AMD machine "
+                             "verdicts that are really people (e.g. 0.05 from a sample of recordings)")
         if not self.windows:
             raise ValueError("windows: at least one window is required (e.g. [\"30d\"])")
         for w in self.windows:
@@ -181,6 +188,10 @@ class RankingSection(_Section):
     products: dict[str, list[str]] = Field(default_factory=dict)  # product -> tags it suits (offer matching)
     modes: dict[str, str] = Field(default_factory=dict)  # tier -> pacing mode, e.g. { "0" = "preview" }
     mode_skills: dict[str, str] = Field(default_factory=dict)  # mode -> agent skill it needs
+    # Best time to call: unanswered leads are retried at the local hour the campaign's calls answer best.
+    best_time: bool = False
+    best_time_min_dials: int = Field(default=50, ge=1)  # calls an hour needs before it is trusted
+    best_time_gain: float = Field(default=0.2, ge=0)  # relative gain over the proposed hour to move a retry
 
     @model_validator(mode="after")
     def _tiers(self) -> RankingSection:
@@ -299,6 +310,9 @@ class CampaignConfig(_Section):
     simulation: SimulationSection | None = None
     asterisk: AsteriskSection = AsteriskSection()
     redis: RedisSection = RedisSection()
+    # Plugins' own settings, one table per plugin name: [plugin.region_cap]. Each plugin checks its
+    # table (hook dialer_check_settings); a table no loaded plugin owns is refused.
+    plugin: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -358,6 +372,21 @@ def _describe(err: dict[str, Any], text: str) -> str:
         msg = f"{msg} (got {err['input']!r})"
     line = _find_line(text, loc)
     return f"{line}: {key}: {msg}" if line else f"{key}: {msg}"
+
+
+def locate(path: str | Path, problems: list[tuple[tuple[str, ...], str]]) -> ConfigError:
+    """A ConfigError for problems found after loading (e.g. by plugins), each ``(key path, reason)``,
+    with the line of the key in the file where it can be found."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    lines = []
+    for loc, reason in problems:
+        line = _find_line(text, loc)
+        key = ".".join(loc)
+        lines.append(f"{line}: {key}: {reason}" if line else f"{key}: {reason}")
+    return ConfigError(str(path), lines)
 
 
 def load_campaign(path: str | Path, known_modes: set[str] | None = None) -> CampaignConfig:

@@ -15,13 +15,22 @@ The flow of one call (see ``Dialer._call``):
 One ``asyncio.TaskGroup`` owns every task: the pacing loop, the agent desk and
 one task per call. Stopping is ordered: no new dials, a bounded drain of the
 calls in flight, then whatever is left is hung up and recorded as interrupted.
+
+The per-call path is kept cheap (a shift of 100 agents makes tens of thousands
+of calls): the backend's events are handed straight to the call's task
+(``engine.calls.CallEvents``: no queue, one timer per wait rather than a
+timeout context per event), waits end on a timer rather than by cancellation,
+the loop-lag watcher is a timer callback (and only on a real clock), and a
+call's logger is bound to its ids only when something is logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import itertools
+import logging
 import time
 from collections import deque
 from datetime import UTC, datetime
@@ -33,8 +42,8 @@ import structlog
 
 from engine.agents import AgentPool
 from engine.audit import AuditLog
-from engine.calls import advance, final_outcome
-from engine.clock import Clock, iso
+from engine.calls import CallEvents, advance, final_outcome
+from engine.clock import Clock
 from engine.config import CampaignConfig
 from engine.desk import AgentDesk
 from engine.kpi import Counters, summarize
@@ -52,8 +61,18 @@ from engine.models import (
     mask_phone,
 )
 from engine.pacing import AbandonController, Decision, Estimates, Pacer, Snapshot
-from engine.pbx.base import Abandoned, Answered, CallEvent, Connected, Ended, PbxBackend, PbxError, Ringing
-from engine.plugins import Gate, await_maybe
+from engine.pbx.base import (
+    Abandoned,
+    Answered,
+    CallEvent,
+    Connected,
+    Ended,
+    OptOut,
+    PbxBackend,
+    PbxError,
+    Ringing,
+)
+from engine.plugins import FastHook, Gate, await_maybe
 from engine.privacy import screen_pop
 from engine.results import ResultWriter
 from engine.retry import next_attempt_at
@@ -63,6 +82,7 @@ MAX_CALL_S = 4 * 3600.0  # a connected call with no end event this long is presu
 EVENT_GRACE_S = 30.0  # how late the PBX may be with an outcome before the call is presumed lost
 PACE_MIN_GAP_S = 0.1  # pacing decisions are at most this frequent
 MAX_LOOP_LAG_S = 0.2  # loop this late: events are queuing up, so dialling holds
+LOOP_LAG_EVERY_S = 0.25  # how often the loop's lateness is measured (real time only)
 
 
 class _Combined:
@@ -78,6 +98,33 @@ class _Combined:
 @functools.lru_cache(maxsize=512)
 def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
+
+
+def _time_up(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _enabled(log: Any, level: int) -> bool:
+    """Whether ``log`` emits at ``level`` (structlog's filtering loggers know; others are asked to emit)."""
+    is_enabled_for = getattr(log, "is_enabled_for", None)
+    return True if is_enabled_for is None else bool(is_enabled_for(level))
+
+
+class _CallLog:
+    """A call's logger, bound to the call and lead ids on first use: most calls log nothing, and
+    binding costs a context copy and a logger."""
+
+    __slots__ = ("_base", "_bound", "_call_id", "_lead_id")
+
+    def __init__(self, base: Any, call_id: str, lead_id: str) -> None:
+        self._base, self._call_id, self._lead_id = base, call_id, lead_id
+        self._bound: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._bound is None:
+            self._bound = self._base.bind(call_id=self._call_id, lead_id=self._lead_id)
+        return getattr(self._bound, name)
 
 
 class Dialer:
@@ -99,19 +146,24 @@ class Dialer:
         self.lanes, groups = build_lanes(cfg, agents, pacer)
         self.pacer = self.lanes[0].pacer if len(self.lanes) == 1 else _Combined(self.lanes)
         self.log = structlog.get_logger("engine.dialer").bind(campaign=cfg.id, node=node_id)
+        self._log_debug = _enabled(self.log, logging.DEBUG)
         self.gate = Gate(plugins, cfg)
+        self._after_call = FastHook(plugins, "dialer_after_call")
+        self._next_attempt = FastHook(plugins, "dialer_next_attempt")
         p = cfg.pacing
         self.caps = Caps(per_day=cfg.caps.per_day, per_24h=cfg.caps.per_24h, lifetime=cfg.caps.lifetime,
                          lock_s=p.ring_timeout + MAX_CALL_S)
         self.estimates = Estimates(answer_rate=p.initial_answer_rate, ring_timeout=p.ring_timeout)
-        self.controller = AbandonController(cfg.abandon.target / 100.0, cfg.abandon.windows)
+        self.controller = AbandonController(cfg.abandon.target / 100.0, cfg.abandon.windows,
+                                            cap_guard_live=cfg.abandon.cap_guard_live if cfg.abandon.cap_guard
+                                            else None)
         self.counters = Counters()
         self.drain_timeout = drain_timeout if drain_timeout is not None else p.drain_timeout
         self._loop = asyncio.get_running_loop()
         self.pool = AgentPool(agents, self._loop.time, on_ready=self.nudge, groups=groups)
         self._lane_of: dict[str, Lane] = {}  # call id -> its lane
         self.calls: dict[str, CallAttempt] = {}
-        self._events: dict[str, asyncio.Queue[CallEvent]] = {}
+        self._events: dict[str, CallEvents] = {}
         self._unanswered: dict[str, dict[str, float]] = {lane.name: {} for lane in self.lanes}  # started at
         self._waiting_agent: dict[str, int] = {lane.name: 0 for lane in self.lanes}  # answers waiting
         self._tasks: set[asyncio.Task[None]] = set()
@@ -121,11 +173,14 @@ class Dialer:
         self._tg: asyncio.TaskGroup | None = None
         self._ids = itertools.count(1)
         self._stop = asyncio.Event()
-        self._wake = asyncio.Event()
+        self._woken = False  # nudged since the last pacing decision
+        self._wake_waiter: asyncio.Future[None] | None = None  # the pacing loop, waiting for a nudge
+        self._lag_timer: asyncio.TimerHandle | None = None
         self._idle = asyncio.Event()
         self._stopping = False
         self._window_counts: list[AbandonCounts] = [AbandonCounts(0, 0) for _ in cfg.abandon.windows]
         self._counts_at = -1e18
+        self._amd_fp_sum = 0.0  # estimated AMD false positives not yet counted as a whole call
         self._since_refresh = [0, 0]  # live, abandoned since the store counts were read
         self._since_observe = [0, 0]
         self._exhausted_check_at = -1e18
@@ -139,7 +194,10 @@ class Dialer:
 
     def nudge(self) -> None:
         """Something changed that may allow new dials (an agent freed, a call ended)."""
-        self._wake.set()
+        self._woken = True
+        waiter = self._wake_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def stop(self) -> None:
         """Stop dialling and drain: idempotent, safe from a signal handler."""
@@ -159,7 +217,7 @@ class Dialer:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 pacing = tg.create_task(self._pace_loop(), name="pacing")
-                lag = tg.create_task(self._watch_loop_lag(), name="loop-lag")
+                self._watch_loop_lag()
                 desk = tg.create_task(self.desk.run(self.pool), name="agent-desk")
                 await self._stop.wait()
                 # 1. no new dials
@@ -178,10 +236,11 @@ class Dialer:
                         for task in list(self._tasks):
                             task.cancel()
                 desk.cancel()
-                lag.cancel()
         finally:
             if timer is not None:
                 timer.cancel()
+            if self._lag_timer is not None:
+                self._lag_timer.cancel()
             if self.results is not None:
                 self.results.close()
             await self.pbx.close()
@@ -199,17 +258,22 @@ class Dialer:
         call ends costs one snapshot, not one per call."""
         interval = self.cfg.pacing.interval
         gap = min(PACE_MIN_GAP_S, interval)
-        while True:
-            self._wake.clear()
+        while not self._stopping:  # also ends a loop whose cancel a store timeout swallowed (3.11)
+            self._woken = False
             await self._pace_once()
             await asyncio.sleep(gap)
-            if self._wake.is_set():
-                continue
-            try:
-                async with asyncio.timeout(interval - gap):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
+            if not self._woken:
+                await self._nudge_or_timeout(interval - gap)
+
+    async def _nudge_or_timeout(self, seconds: float) -> None:
+        """Wait for ``nudge()``, at most ``seconds``: one future and one timer, no exception."""
+        waiter = self._wake_waiter = self._loop.create_future()
+        timer = self._loop.call_later(seconds, _time_up, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._wake_waiter = None
 
     def snapshot(self, lane: Lane | None = None) -> Snapshot:
         """What one lane's pacer decides on (the only lane when the campaign has one)."""
@@ -223,7 +287,7 @@ class Dialer:
             wrap_up=pool.elapsed(AgentState.WRAP_UP, g),
             previewing=pool.count(AgentState.PREVIEWING, g),
             paused=pool.count(AgentState.PAUSED, g),
-            ringing=tuple(now - t for t in self._unanswered[g].values()),
+            ringing=tuple([now - t for t in self._unanswered[g].values()]),
             waiting=self._waiting_agent[g],
             estimates=self.estimates,
             allowance=self.controller.allowance,
@@ -234,14 +298,20 @@ class Dialer:
             abandoned=self.counters.abandoned,
         )
 
-    async def _watch_loop_lag(self, every: float = 0.25) -> None:
+    def _watch_loop_lag(self, due: float | None = None) -> None:
         """Measure how late timers fire: when events arrive faster than they are handled, the loop
-        falls behind, and dialling must wait rather than call state (backpressure)."""
-        while True:
-            due = self._loop.time() + every
-            await asyncio.sleep(every)
-            late = self._loop.time() - due
+        falls behind, and dialling must wait rather than call state (backpressure). A timer callback
+        every ``LOOP_LAG_EVERY_S``, re-armed each time and cancelled when the run ends. Not started on
+        a virtual clock (``simulations.vloop``), which jumps to each timer and so is never late."""
+        loop = self._loop
+        if due is None:
+            if getattr(loop, "virtual_time", False):
+                return
+        else:
+            late = loop.time() - due
             self.loop_lag = late if late > self.loop_lag else 0.8 * self.loop_lag + 0.2 * late
+        due = loop.time() + LOOP_LAG_EVERY_S
+        self._lag_timer = loop.call_at(due, self._watch_loop_lag, due)
 
     async def _pace_once(self) -> None:
         """One pacing decision; while the store is unreachable nothing is dialled (fail closed)."""
@@ -260,9 +330,13 @@ class Dialer:
         if self.store_down:
             await self.store.lead_counts(self.cfg.id)  # probe before deciding anything
         await self._observe_abandons()
-        if self.loop_lag > MAX_LOOP_LAG_S:
+        if self._stopping:
+            return
+        # Behind on events -- the loop itself, or the PBX's events arriving late (a backlog in the
+        # socket buffers does not show as loop lag): no new calls until call state has caught up.
+        if max(self.loop_lag, getattr(self.pbx, "ingest_lag", 0.0)) > MAX_LOOP_LAG_S:
             self.counters.held += 1
-            return  # behind on events: no new calls until call state has caught up
+            return
         short = False
         for lane in self.lanes:
             decision = lane.pacer.decide(self.snapshot(lane))
@@ -276,7 +350,7 @@ class Dialer:
             for i, lead in enumerate(leads):
                 agent = None
                 if i < decision.previews:
-                    agent = self.pool.start_preview(lane.name)
+                    agent = self.pool.start_preview(lane.name, lead.preferred_agent)
                     if agent is None:
                         await self._release(lead, wall, wall, self.log)
                         continue
@@ -329,7 +403,7 @@ class Dialer:
     # -- the flow of one call ------------------------------------------------------------
 
     async def _call(self, call: CallAttempt, agent: Agent | None) -> None:
-        log = self.log.bind(call_id=call.call_id, lead_id=call.lead.lead_id)
+        log = _CallLog(self.log, call.call_id, call.lead.lead_id)
         try:
             # 2. pre-dial gate
             started = time.perf_counter()
@@ -351,6 +425,13 @@ class Dialer:
             if veto is None:
                 res = await self.store.reserve_attempt(call, now=wall, day_key=day_key, caps=self.caps,
                                                        node_id=self.node_id)
+                if not res.ok and res.rule == "lease_lost":
+                    # Our lease lapsed and another node dialled the lead meanwhile: it is theirs now.
+                    # Not a compliance block, and nothing to give back.
+                    log.info("lead taken over by another node; not dialled")
+                    if agent is not None:
+                        self.pool.end_preview(agent)
+                    return
                 if not res.ok:
                     veto = Veto(res.rule, res.reason, retry_at=None if res.rule == "dnc" else wall + 3600)
             self.decision_times.append(time.perf_counter() - started)
@@ -358,7 +439,7 @@ class Dialer:
                 await self._blocked(call, veto, agent, log)
                 return
             # 4. originate
-            events: asyncio.Queue[CallEvent] = asyncio.Queue()
+            events = CallEvents(self._loop)
             self._events[call.call_id] = events
             self.calls[call.call_id] = call
             call.wall_started = datetime.fromtimestamp(wall, UTC)
@@ -371,7 +452,7 @@ class Dialer:
                                          caller_id=self.cfg.campaign.caller_id)
             except PbxError as exc:
                 log.warning("originate failed", error=str(exc))
-                events.put_nowait(Ended(call.call_id, 0, "failed"))
+                events.put(Ended(call.call_id, 0, "failed"))
             # 5. connect or abandon, until the customer leg ends
             agent = await self._follow(call, events, agent, log)
             # 6. after the call
@@ -427,7 +508,7 @@ class Dialer:
         if agent is not None:
             self.pool.end_preview(agent)
 
-    async def _follow(self, call: CallAttempt, events: asyncio.Queue[CallEvent], agent: Agent | None,
+    async def _follow(self, call: CallAttempt, events: CallEvents, agent: Agent | None,
                       log: Any) -> Agent | None:
         """Drive the call state machine from PBX events; returns the agent who talked, if any."""
         while call.state != CallState.ENDED:
@@ -474,6 +555,12 @@ class Dialer:
                     advance(call, CallState.CONNECTED, now)
             elif isinstance(ev, Abandoned):
                 pass  # the message is playing; the end event follows
+            elif isinstance(ev, OptOut):
+                # Pressed 9 in the abandon message: on DNC now, for every campaign and node, not at the
+                # end of the call; the result shows it as the DNC request it is.
+                log.info("opt-out requested in the abandon message")
+                await self._until_stored(lambda: self.store.add_dnc([call.lead.phone]), log)
+                call.disposition = call.disposition or "dnc_request"
             elif isinstance(ev, Ended):
                 last = call.state
                 advance(call, CallState.ENDED, now)
@@ -499,25 +586,24 @@ class Dialer:
         group = self._lane_of[call.call_id].name
         self._waiting_agent[group] += 1
         try:
-            return await self.pool.acquire(self.cfg.pacing.connect_limit, waiter, group)
+            return await self.pool.acquire(self.cfg.pacing.connect_limit, waiter, group, call.lead.preferred_agent)
         finally:
             self._waiting_agent[group] -= 1
             self._agent_waits.pop(call.call_id, None)
 
-    async def _next_event(self, call: CallAttempt, events: asyncio.Queue[CallEvent], log: Any) -> CallEvent:
+    async def _next_event(self, call: CallAttempt, events: CallEvents, log: Any) -> CallEvent:
         if call.state in (CallState.ORIGINATING, CallState.RINGING):
             limit = self.cfg.pacing.ring_timeout + EVENT_GRACE_S
         elif call.state in (CallState.ANSWERED_HUMAN, CallState.ANSWERED_MACHINE, CallState.ABANDONED):
             limit = self.cfg.pacing.connect_limit + 120.0 + EVENT_GRACE_S
         else:
             limit = MAX_CALL_S
-        try:
-            async with asyncio.timeout(limit):
-                return await events.get()
-        except TimeoutError:
-            log.warning("no end event from the PBX; call presumed lost", state=call.state.value)
-            await self._pbx_quietly(self.pbx.hangup(call.call_id), log, "hangup")
-            return Ended(call.call_id, 0, "unknown")
+        ev = await events.next(limit)
+        if ev is not None:
+            return ev
+        log.warning("no end event from the PBX; call presumed lost", state=call.state.value)
+        await self._pbx_quietly(self.pbx.hangup(call.call_id), log, "hangup")
+        return Ended(call.call_id, 0, "unknown")
 
     async def _pbx_quietly(self, action: Any, log: Any, what: str) -> None:
         """A PBX command whose failure the call's own events will reveal (e.g. the channel is gone)."""
@@ -570,20 +656,61 @@ class Dialer:
         result = self._result(call, outcome)
         rule = self.cfg.dispositions.get(call.disposition or "")
         next_at = next_attempt_at(self.cfg, outcome, call.disposition, call.lead.attempts + 1, wall, call.lead)
+        if next_at is not None:
+            next_at = self._retry_moved(call, outcome, next_at, log)
         if self.results is not None:
             self.results.write(result.as_row())
+        abandoned, live = outcome == Outcome.ABANDONED, outcome.live
+        if self._amd_false_positive(call, outcome):
+            abandoned = live = True  # counted, campaign-wide, as the person AMD took for a machine
         await self._until_stored(lambda: self.store.finish_attempt(
-            call, result, now=wall, next_eligible=next_at, abandoned=outcome == Outcome.ABANDONED,
-            live=outcome.live, invalid_number=outcome == Outcome.INVALID_NUMBER), log)
+            call, result, now=wall, next_eligible=next_at, abandoned=abandoned,
+            live=live, invalid_number=outcome == Outcome.INVALID_NUMBER), log)
         if rule is not None and rule.dnc:
             await self._until_stored(lambda: self.store.add_dnc([call.lead.phone]), log)
-        log.debug("call recorded", outcome=outcome.value, disposition=call.disposition)
-        for r in self.plugins.hook.dialer_after_call(call=call, result=result, campaign=self.cfg,
-                                                     store=self.store):
+        if self._log_debug:
+            log.debug("call recorded", outcome=outcome.value, disposition=call.disposition)
+        for r in self._after_call(call=call, result=result, campaign=self.cfg, store=self.store):
             try:
-                await await_maybe(r)
+                if inspect.isawaitable(r):
+                    await r
             except Exception as exc:
                 log.error("after-call plugin failed", error=repr(exc))
+
+    def _amd_false_positive(self, call: CallAttempt, outcome: Outcome) -> bool:
+        """Whether this call, dropped as a machine, is where an estimated AMD false positive is counted.
+
+        Some of the answers AMD calls machines are people, hung up on in silence: abandoned calls
+        (Ofcom counts them). With ``[abandon] count_amd_false_positives``, every dropped machine adds
+        ``amd_false_positive_rate`` (the share of machine verdicts that are really people, from a
+        sample of recordings) to a running sum, and each time the sum passes a whole call one
+        abandoned live answer is counted: the rate the controller and the reports see includes them,
+        in whole calls, with no more than one call of rounding.
+        """
+        ab = self.cfg.abandon
+        if not (ab.count_amd_false_positives and outcome == Outcome.MACHINE and call.agent_id is None
+                and self.cfg.amd.enabled and self.cfg.amd.machine_action == "hangup"):
+            return False
+        self._amd_fp_sum += ab.amd_false_positive_rate
+        if self._amd_fp_sum < 1.0:
+            return False
+        self._amd_fp_sum -= 1.0
+        self.counters.amd_false_positives += 1
+        self.counters.live += 1
+        self.counters.abandoned += 1
+        for since in (self._since_refresh, self._since_observe):
+            since[0] += 1
+            since[1] += 1
+        return True
+
+    def _retry_moved(self, call: CallAttempt, outcome: Outcome, proposed: float, log: Any) -> float:
+        """The next attempt's time after the plugins' say (e.g. best time to call); never earlier."""
+        try:
+            moved = self._next_attempt(call=call, outcome=outcome, proposed=proposed, campaign=self.cfg)
+        except Exception as exc:
+            log.error("next-attempt plugin failed; retry rules stand", error=repr(exc))
+            return proposed
+        return proposed if moved is None else max(proposed, float(moved))
 
     async def _release(self, lead: Lead, now: float, next_eligible: float | None, log: Any) -> None:
         """Give an undialled lead back. If the store is down the claim is a lease that frees itself when it
@@ -652,7 +779,7 @@ class Dialer:
             disposition=call.disposition,
             agent_id=call.agent_id,
             answer_kind=call.answer_kind.value if call.answer_kind else None,
-            started=iso(call.wall_started.timestamp()) if call.wall_started else "",
+            started=call.wall_started.isoformat(timespec="seconds") if call.wall_started else "",  # = iso()
             ring_s=span(call.dialed_at, call.answered_at or call.ended_at),
             wait_s=span(call.answered_at, call.connected_at or (call.ended_at if call.answered_at else None)),
             talk_s=span(call.connected_at, call.ended_at),
@@ -675,9 +802,9 @@ class Dialer:
 
     def _on_event(self, ev: CallEvent) -> None:
         """The backend's sink: route each event to its call; never raises."""
-        queue = self._events.get(ev.call_id)
-        if queue is not None:
-            queue.put_nowait(ev)
+        events = self._events.get(ev.call_id)
+        if events is not None:
+            events.put(ev)
             if isinstance(ev, Ended):
                 waiter = self._agent_waits.get(ev.call_id)
                 if waiter is not None and not waiter.done():

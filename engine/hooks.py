@@ -26,7 +26,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from engine.config import CampaignConfig
-    from engine.models import Alert, CallAttempt, CallResult, Lead, Veto
+    from engine.models import Alert, CallAttempt, CallResult, Lead, Outcome, Veto
     from engine.store.base import DialContext, Store
 
 PROJECT = "dialer"
@@ -44,6 +44,21 @@ def dialer_campaign_start(campaign: CampaignConfig, store: Store) -> Awaitable[N
     :param campaign: the validated campaign configuration.
     :param store: the campaign store, for plugins that keep their own state in it.
     :return: nothing (or an awaitable). An exception stops the campaign from starting.
+    """
+
+
+@hookspec
+def dialer_check_settings(campaign: CampaignConfig) -> list[str] | None:
+    """Called by ``dialer check`` and before a campaign starts, once the plugins are loaded.
+
+    A plugin reads its own settings from ``campaign.plugin.get("<its name>", {})`` (the campaign
+    file's ``[plugin.<name>]`` table) and checks them here, so that a typo stops the campaign
+    before any dial instead of silently changing a rule.
+
+    :param campaign: the campaign configuration.
+    :return: the problems found, each a short sentence starting with the key it is about
+        (``"max_24h: 'three' is not a whole number"``), or None. Any problem, or an exception,
+        refuses the campaign (exit status 2) with the file, line and key named.
     """
 
 
@@ -111,6 +126,22 @@ def dialer_risk_alerts(ctx: DialContext, campaign: CampaignConfig) -> list[Alert
 
 
 # -- after the call ----------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def dialer_next_attempt(call: CallAttempt, outcome: Outcome, proposed: float,
+                        campaign: CampaignConfig) -> float | None:
+    """Called once per attempt that will be tried again, before the lead is rescheduled.
+
+    :param call: the attempt that just ended (its lead, its wall-clock start).
+    :param outcome: how it ended.
+    :param proposed: wall-clock POSIX time of the next attempt from the retry rules.
+    :param campaign: the campaign configuration.
+    :return: a later time for the next attempt (e.g. the hour this list answers best), or None to
+        keep ``proposed``. The first non-None result wins. A time before ``proposed`` is ignored
+        (retry delays are rules, not suggestions), and the compliance gate still checks the dial
+        when it comes due. An exception is logged and ``proposed`` stands.
+    """
 
 
 @hookspec

@@ -21,6 +21,7 @@ class Counters:
     connected: int = 0
     abandoned: int = 0
     machines: int = 0
+    amd_false_positives: int = 0  # estimated people dropped as machines, counted in live and abandoned
     blocked: int = 0  # dials refused by the gate or the reservation
     skipped: int = 0  # preview skips
     errors: int = 0  # calls whose handling raised (logged); should stay 0

@@ -103,6 +103,9 @@ def outcome_for_unanswered(cause: int) -> Outcome:
     return Outcome.FAILED
 
 
+PREFERRED_AGENT_ATTR = "follow_up_agent"
+
+
 @dataclass(slots=True)
 class Lead:
     """A person to call for one campaign.
@@ -124,6 +127,13 @@ class Lead:
     attempts: int = 0
     next_eligible: float = 0.0  # POSIX seconds (wall clock) before which it is not handed out
     status: str = "pending"  # pending | leased | in_call | done
+
+    @property
+    def preferred_agent(self) -> str | None:
+        """The agent this lead should reach when they are free (a follow-up agreed with them: the
+        ``follow_up_agent`` attribute, set by the follow-ups plugin for ``same_agent`` dispositions)."""
+        agent = self.attributes.get(PREFERRED_AGENT_ATTR)
+        return str(agent) if agent else None
 
 
 @dataclass(slots=True)

@@ -32,12 +32,17 @@ class BlindIndex:
         digest = hmac.new(self._key, phone.encode("ascii"), hashlib.sha256).digest()
         return int.from_bytes(digest[:8], "big") >> 1
 
+    @property
+    def is_development(self) -> bool:
+        """True on the built-in development key (fine for a demo, never for a shared store)."""
+        return hmac.compare_digest(self._key, _DEV_KEY)
+
     @classmethod
     def from_env(cls, var: str = "DIALER_INDEX_KEY", file_var: str = "DIALER_INDEX_KEY_FILE") -> BlindIndex:
         """Key from ``$DIALER_INDEX_KEY`` (hex) or the file named by ``$DIALER_INDEX_KEY_FILE``.
 
         Falls back to a fixed development key so the demo runs out of the box;
-        production deployments must set one (``dialer check`` warns otherwise).
+        production deployments must set one (``dialer run`` refuses a Redis store without it).
         """
         if os.environ.get(var):
             return cls(bytes.fromhex(os.environ[var]))

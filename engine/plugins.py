@@ -14,6 +14,11 @@ from typing import Any
 import pluggy
 import structlog
 
+try:  # pluggy's own call loop: FastHook stands in for it only while it is the one in use
+    from pluggy._callers import _multicall
+except ImportError:  # pragma: no cover - another pluggy: every hook call goes through pluggy
+    _multicall = None
+
 from engine import hooks
 from engine.models import Alert, Veto
 
@@ -156,11 +161,65 @@ async def rank_leads(pm: pluggy.PluginManager, campaign: Any, leads: Iterable[An
         lead.score += total
 
 
+class FastHook:
+    """One hook, called per dial: the same results as ``pm.hook.<name>(**kwargs)``, for less.
+
+    pluggy re-applies spec defaults, re-checks the arguments and copies the implementation list on
+    every call; here the implementations (last registered first, as pluggy calls them) are looked at
+    once and called directly, ``None`` results dropped (the first result alone for ``firstresult``
+    hooks). Whenever that would not be exactly pluggy's behaviour (a wrapper is registered, hook
+    tracing or monitoring is on, an implementation takes keyword-only arguments) or the registered
+    implementations changed, the call goes through pluggy itself.
+    """
+
+    __slots__ = ("_caller", "_firstresult", "_name", "_plan", "_pm", "_seen", "_usable")
+
+    def __init__(self, pm: pluggy.PluginManager, name: str) -> None:
+        self._pm, self._name = pm, name
+        self._caller = getattr(pm.hook, name, None)  # None: no spec and no implementation (yet)
+        spec = getattr(self._caller, "spec", None)
+        self._firstresult = bool(spec.opts.get("firstresult", False)) if spec is not None else False
+        self._seen: list[Any] | None = None
+        self._plan: list[tuple[Any, tuple[str, ...]]] | None = None
+        self._usable = _multicall is not None and hasattr(self._caller, "_hookimpls") \
+            and hasattr(pm, "_inner_hookexec")
+
+    def _current_plan(self) -> list[tuple[Any, tuple[str, ...]]] | None:
+        impls = getattr(self._caller, "_hookimpls", None)
+        if impls is None or _multicall is None or getattr(self._pm, "_inner_hookexec", None) is not _multicall:
+            return None
+        if impls != self._seen:
+            self._seen = list(impls)
+            plain = all(not (i.hookwrapper or i.wrapper or i.kwargnames) for i in impls)
+            self._plan = [(i.function, tuple(i.argnames)) for i in reversed(impls)] if plain else None
+        return self._plan
+
+    def __call__(self, **kwargs: Any) -> Any:
+        caller = self._caller
+        if caller is None:
+            return getattr(self._pm.hook, self._name)(**kwargs)
+        if self._usable and caller._hookimpls == self._seen and self._pm._inner_hookexec is _multicall:
+            plan = self._plan
+        else:
+            plan = self._current_plan()
+        if plan is None:
+            return caller(**kwargs)
+        results = []
+        for function, argnames in plan:
+            r = function(*map(kwargs.__getitem__, argnames))
+            if r is not None:
+                if self._firstresult:
+                    return r
+                results.append(r)
+        return None if self._firstresult else results
+
+
 class Gate:
     """The pre-dial pipeline: compliance veto (fail closed), then risk alerts."""
 
     def __init__(self, pm: pluggy.PluginManager, campaign: Any, timeout: float = 2.0) -> None:
-        self._hook = pm.hook
+        self._check_dial = FastHook(pm, "dialer_check_dial")
+        self._risk_alerts = FastHook(pm, "dialer_risk_alerts")
         self._campaign = campaign
         self._timeout = timeout
         self._has_checks = bool(pm.hook.dialer_check_dial.get_hookimpls())
@@ -170,7 +229,7 @@ class Gate:
         if not self._has_checks:
             return None
         try:
-            results = self._hook.dialer_check_dial(ctx=ctx, campaign=self._campaign)
+            results = self._check_dial(ctx=ctx, campaign=self._campaign)
         except Exception as exc:
             log.error("compliance plugin raised; dial blocked", error=repr(exc), exc_info=True,
                       lead_id=ctx.lead.lead_id)
@@ -195,16 +254,39 @@ class Gate:
             return ()
         out: list[Alert] = []
         try:
-            results = self._hook.dialer_risk_alerts(ctx=ctx, campaign=self._campaign)
+            results = self._risk_alerts(ctx=ctx, campaign=self._campaign)
         except Exception as exc:
             log.error("risk plugin raised; alerts lost for this call", error=repr(exc), lead_id=ctx.lead.lead_id)
             return ()
         for r in results:
             try:
-                r = await await_maybe(r)
+                if inspect.isawaitable(r):
+                    r = await r
             except Exception as exc:
                 log.error("risk plugin failed", error=repr(exc), lead_id=ctx.lead.lead_id)
                 continue
             if r:
                 out.extend(a for a in r if isinstance(a, Alert))
         return tuple(out)
+
+
+def settings_problems(pm: pluggy.PluginManager, campaign: Any) -> list[tuple[tuple[str, ...], str]]:
+    """Problems with the campaign's ``[plugin.<name>]`` tables, as ``(key path, reason)``: a table
+    that no loaded plugin owns, and whatever each plugin's ``dialer_check_settings`` reports. Each
+    implementation is called on its own, so every problem is put under its plugin's table."""
+    names = {name for name, plugin in pm.list_name_plugin() if plugin is not None}
+    out: list[tuple[tuple[str, ...], str]] = []
+    for name in sorted(set(campaign.plugin) - names):
+        loaded = ", ".join(sorted(n for n in names if not n.isdigit())) or "none"
+        out.append((("plugin", name), f"no loaded plugin is named {name!r} (loaded: {loaded})"))
+    for impl in pm.hook.dialer_check_settings.get_hookimpls():
+        name = impl.plugin_name
+        try:
+            found = impl.function(**{arg: campaign for arg in impl.argnames if arg == "campaign"}) or []
+        except Exception as exc:
+            found = [f"the settings check failed: {type(exc).__name__}: {exc}"]
+        for problem in found:
+            key, sep, reason = str(problem).partition(": ")
+            simple = sep and key.replace("_", "").replace(".", "").isalnum()
+            out.append((("plugin", name, *key.split(".")), reason) if simple else (("plugin", name), str(problem)))
+    return out

@@ -14,6 +14,10 @@ from engine.audit import AuditLog
 from engine.models import Alert, Lead, mask_phone
 
 ROLES = ("agent", "supervisor", "admin")
+# Lead attributes a supervisor sees masked, and that a store encrypts at rest (with the number).
+SENSITIVE_ATTRIBUTES = ("email", "address", "date_of_birth", "national_id")
+# Encrypted at rest too: what agents write about a person during calls is personal data as well.
+ENCRYPTED_ATTRIBUTES = (*SENSITIVE_ATTRIBUTES, "notes")
 AGENT_ATTRIBUTES = ("first_name", "preferred_name", "language", "customer_type")
 
 
@@ -22,7 +26,7 @@ class AccessDenied(PermissionError):
 
 
 def view_lead(lead: Lead, *, role: str, actor: str, reason: str, audit: AuditLog, in_call: bool = False,
-              sensitive: tuple[str, ...] = ("email", "address", "date_of_birth", "national_id")) -> dict[str, Any]:
+              sensitive: tuple[str, ...] = SENSITIVE_ATTRIBUTES) -> dict[str, Any]:
     """The lead as ``role`` may see it; the access is audited before anything is returned."""
     if role not in ROLES:
         raise AccessDenied(f"unknown role {role!r}")

@@ -19,7 +19,17 @@ What each dialled number does is decided by a pluggable ``plan(number,
 variables) -> CallPlan``; :func:`default_plan` follows the captured test
 context (last digit 6: rings 25 s then no answer, 7: rings until the Originate
 timeout, 8: busy, 9: congestion, 4: an answering machine, otherwise a person
-answering after ``RINGTIME`` s who talks ``TALKTIME`` s).
+answering after ``RINGTIME`` s who talks ``TALKTIME`` s), so a test knows each
+number's fate; :class:`ScenarioPlan` draws each call from a campaign's
+``[simulation.customers]`` behaviour model instead (seeded, per number), so a
+load test against the emulator meets the same customers as the simulator.
+A person sent to the abandon message may press 9 (``CallPlan.opt_out``): the
+emulator then plays ``dialer-optout`` and raises ``UserEvent DialerOptOut``.
+
+What happened to each call from the PBX's side (originates per call id,
+abandon messages played, opt-outs, bridges) is kept in :class:`Journal`, which
+``dialer pbx-emulator --record FILE`` writes on exit, so a test can check the
+engine's results against what the customers actually heard.
 
 Scale: every delay is one ``loop.call_later`` handle (no task per call or per
 event) and each event is formatted once for all sessions, so thousands of
@@ -35,26 +45,37 @@ import asyncio
 import contextlib
 import importlib
 import itertools
+import json
 import math
 import os
+import random
 import re
+import signal
 import time
+import typing
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
 from engine.models import mask_phone
 from engine.pbx.ami.protocol import AmiProtocol, Message, RemoteProtocolError, drain, format_banner, format_frame
 
+if TYPE_CHECKING:
+    from engine.config import CustomerModel
+    from simulations.model import Draw
+
 log = structlog.get_logger(__name__)
 
 Outcome = Literal["answer", "busy", "congestion", "noanswer", "failed"]
 STATE_NUM = {"Down": 0, "Ring": 4, "Ringing": 5, "Up": 6, "Busy": 7}
 CAUSE_TXT = {0: "Unknown", 16: "Normal Clearing", 17: "User busy", 19: "User alerting, no answer",
-             34: "Circuit/channel congestion", 21: "Call Rejected", 1: "Unallocated (unassigned) number"}
+             34: "Circuit/channel congestion", 21: "Call Rejected", 1: "Unallocated (unassigned) number",
+             41: "Temporary failure"}
 KNOWN_TECH = ("Local", "PJSIP", "SIP", "IAX2", "DAHDI")
 
 
@@ -66,7 +87,10 @@ class CallPlan:
     end gives up with cause 19 (``noanswer``; ``inf`` = until the Originate
     timeout). ``talk``: conversation once bridged to an agent (for a machine,
     the greeting played after the answer). ``patience``: a person left in
-    silence hangs up after this long.
+    silence hangs up after this long. ``opt_out``: sent to the abandon message,
+    the person presses 9 ``opt_out_after`` seconds into it. ``cause``: for
+    ``failed``, the Q.850 cause on the far leg (0: refused before any channel
+    existed, as for a missing context; 1: unallocated number; 41: temporary failure).
     """
 
     outcome: Outcome = "answer"
@@ -77,6 +101,9 @@ class CallPlan:
     amd_after: float = 0.8
     amd_status: str | None = None  # override AMD's verdict (e.g. NOTSURE); default from ``machine``
     fail_after: float = 0.005  # busy / congestion / failed signalled this long after the dial
+    opt_out: bool = False
+    opt_out_after: float = 2.0
+    cause: int = 0
 
 
 PlanFn = Callable[[str, dict[str, str]], CallPlan]
@@ -98,11 +125,146 @@ def default_plan(number: str, variables: dict[str, str]) -> CallPlan:
     return CallPlan("answer", answer_after=ring, talk=talk, machine=last == "4")
 
 
+def with_default_options(plan: PlanFn = default_plan, *, patience: float | None = None,
+                         opt_out_digits: str = "") -> PlanFn:
+    """``plan`` with a patience for every person and opt-outs for numbers ending in ``opt_out_digits``.
+
+    Why: at ``--time-scale 0.1`` the default 10 s of patience becomes 1 s, shorter than the engine's
+    real 2 s connect limit, so every person waiting for an agent would hang up before being
+    abandoned; and a test needs to know in advance who presses 9 in the abandon message.
+    """
+
+    def planned(number: str, variables: dict[str, str]) -> CallPlan:
+        p = plan(number, variables)
+        if p.outcome == "answer" and not p.machine:
+            if patience is not None:
+                p.patience = patience
+            if number[-1:] and number[-1:] in opt_out_digits:
+                p.opt_out = True
+        return p
+
+    return planned
+
+
+class ScenarioPlan:
+    """Calls drawn from a campaign's ``[simulation.customers]`` model, as the simulator draws them.
+
+    The answer / machine / AMD-verdict logic and the answer rate of the moment (hourly rates,
+    drift, in emulator time) are :class:`simulations.model.CustomerBehaviour`'s, so one behaviour
+    model serves both speeds. Each call's random numbers come from (seed, number, how many times
+    this emulator has seen that number): the same number behaves the same in every run with the
+    same seed, whatever order a real-time engine happens to dial in, which is what makes a run
+    reproducible. ``CustomerModel`` has no opt-out rate: a person who would refuse an agent
+    (``refusal_rate``) is the one who presses 9 in the abandon message.
+    """
+
+    def __init__(self, model: CustomerModel, seed: int = 1, *, time_scale: float = 1.0) -> None:
+        import numpy as np
+
+        from simulations.model import CustomerBehaviour
+
+        self.model = model
+        self.seed = seed
+        self.time_scale = time_scale
+        self.behaviour = CustomerBehaviour(model, np.random.default_rng([seed, 0]))
+        self._seen: Counter[str] = Counter()
+        self._t0: float | None = None
+        if model.talk_distribution == "lognormal":
+            self._mu = math.log(model.talk_mean) - model.talk_sigma**2 / 2
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, seed: int | None = None, time_scale: float = 1.0) -> ScenarioPlan:
+        """From a campaign or scenario TOML (its ``[simulation]`` section; the defaults when it has none)."""
+        from engine.config import SimulationSection, load_campaign
+
+        sim = load_campaign(path).simulation or SimulationSection()
+        return cls(sim.customers, sim.seed if seed is None else seed, time_scale=time_scale)
+
+    def _draw(self, number: str) -> tuple[Draw, float]:
+        """This dial's random numbers (the model's distributions) and one more uniform for the opt-out."""
+        from simulations.model import Draw
+
+        nth = self._seen[number]
+        self._seen[number] += 1
+        r = random.Random(f"{self.seed}/{number}/{nth}")
+        m = self.model
+        ring = r.gammavariate(m.ring_shape, m.ring_mean / m.ring_shape)
+        if m.talk_distribution == "lognormal":
+            talk = r.lognormvariate(self._mu, m.talk_sigma)
+        else:
+            talk = r.expovariate(1.0 / m.talk_mean)
+        d = Draw(u=r.random(), ring=ring, v=r.random(), talk=talk, w=r.random())
+        return d, r.random()
+
+    def __call__(self, number: str, variables: dict[str, str]) -> CallPlan:
+        """The plan of one dial of ``number``."""
+        now = time.monotonic()
+        if self._t0 is None:
+            self._t0 = now
+        d, optout_u = self._draw(number)
+        m = self.model
+        e0 = m.invalid_rate
+        e1 = e0 + m.failed_rate
+        e2 = e1 + m.busy_rate
+        if d.u < e0:
+            return CallPlan("failed", cause=1, fail_after=1.0 + 2.0 * d.w)
+        if d.u < e1:
+            return CallPlan("failed", cause=41, fail_after=1.0 + 3.0 * d.w)
+        if d.u < e2:
+            return CallPlan("busy", fail_after=2.0 + 4.0 * d.w)
+        t = (now - self._t0) / self.time_scale if self.time_scale > 0 else 0.0
+        out = self.behaviour.outcome(d, self.behaviour.answer_rate(t))
+        if out is None:
+            return CallPlan("noanswer", answer_after=math.inf)  # rings until the Originate timeout
+        _, machine, verdict = out
+        status = "MACHINE" if verdict.value == "machine" else "HUMAN"
+        if machine:
+            return CallPlan("answer", answer_after=d.ring, machine=True, talk=m.machine_message, amd_status=status)
+        return CallPlan("answer", answer_after=d.ring, talk=d.talk, patience=m.patience, amd_status=status,
+                        opt_out=optout_u < m.refusal_rate)
+
+
 def _float(v: str | None, default: float) -> float:
     try:
         return float(v) if v else default
     except ValueError:
         return default
+
+
+@dataclass(slots=True)
+class Journal:
+    """What the PBX did to each call, by the engine's call id (``__DIALER_CALL``): what a test checks
+    the engine's results against. Call and lead ids only, never a phone number."""
+
+    originates: Counter[str] = field(default_factory=Counter)  # customer Originates received per call id
+    leads: Counter[str] = field(default_factory=Counter)  # customer Originates per lead id
+    abandon_messages: Counter[str] = field(default_factory=Counter)  # abandon message started, per call id
+    opt_outs: list[str] = field(default_factory=list)  # call ids whose person pressed 9
+    bridged: dict[str, str] = field(default_factory=dict)  # call id -> agent it was bridged to
+    enabled: bool = True  # off in a long flood with no --record: it grows with every call
+
+    def dialled(self, call_id: str, lead_id: str) -> None:
+        if self.enabled:
+            self.originates[call_id] += 1
+            self.leads[lead_id] += 1
+
+    def abandon_message(self, call_id: str) -> None:
+        if self.enabled:
+            self.abandon_messages[call_id] += 1
+
+    def opt_out(self, call_id: str) -> None:
+        if self.enabled:
+            self.opt_outs.append(call_id)
+
+    def bridge(self, call_id: str, agent_id: str) -> None:
+        if self.enabled:
+            self.bridged[call_id] = agent_id
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {"originates": dict(self.originates), "leads": dict(self.leads),
+                "abandon_messages": dict(self.abandon_messages), "opt_outs": list(self.opt_outs),
+                "bridged": dict(self.bridged)}
 
 
 @dataclass(slots=True)
@@ -112,10 +274,12 @@ class Contexts:
     customer: str = "dialer-customer"
     agent: str = "dialer-agent"
     abandon: str = "dialer-abandon"
+    optout: str = "dialer-optout"
     # Local/<n>@<ctx> contexts that reach a (simulated) customer; any other Local context fails like
     # Local/...@nosuchcontext did on the real Asterisk.
     outbound: tuple[str, ...] = ("dialer-outbound", "dialer-test-customers", "customers", "voicecustomers")
     abandon_message_s: float = 6.0
+    optout_message_s: float = 3.0
 
 
 # -- channels and calls -------------------------------------------------------------------
@@ -169,16 +333,23 @@ class _Session(asyncio.Protocol):
         self.closing = False
         self.events = True
         self.user = ""
+        self.events_sent = 0  # event frames written on this connection (the flood checks none is lost)
+        self.peer = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's TCPTransport quacks like asyncio.Transport without subclassing it: no isinstance check.
+        self.transport = typing.cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
         self.emu._sessions.add(self)
         self.emu.connections += 1
         self.write(format_banner("11.0.0"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.emu._sessions.discard(self)
+        self.emu.events_sent_closed += self.events_sent
+        if self.events_sent:
+            log.info("ami emulator session closed", peer=self.peer, events_sent=self.events_sent)
 
     def data_received(self, data: bytes) -> None:
         self.proto.receive_data(data)
@@ -194,6 +365,8 @@ class _Session(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing() and not self.emu.silent:
             self.transport.write(data)
+            # Every frame starts a line; only an event frame's first line is "Event: ..." (values hold no LF).
+            self.events_sent += data.count(b"\nEvent: ") + data.startswith(b"Event: ")
 
     def close(self) -> None:
         self.closing = True
@@ -205,8 +378,15 @@ class AmiEmulator:
     """The AMI-speaking PBX. ``await start()`` binds (port 0 = a free port), ``await close()`` stops."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, username: str = "dialer", secret: str = "",
-                 plan: PlanFn = default_plan, contexts: Contexts | None = None, time_scale: float = 1.0) -> None:
+                 plan: PlanFn = default_plan, contexts: Contexts | None = None, time_scale: float = 1.0,
+                 full_events: bool = False, timestamp_events: bool = False) -> None:
         self.host, self.port = host, port
+        # full_events: also the events the engine ignores (dialplan steps, DIAL* variables, device states,
+        # caller ID updates), so an answered call costs what it costs on a real Asterisk 22 (~96 events).
+        self.full_events = full_events
+        # timestamp_events: manager.conf ``timestampevents = yes``: a wall-clock Timestamp on every event.
+        self.timestamp_events = timestamp_events
+        self.events_sent_closed = 0  # events written on connections since closed
         self.username, self._secret = username, secret
         self.plan = plan
         self.contexts = contexts or Contexts()
@@ -221,6 +401,9 @@ class AmiEmulator:
         self._uid_seq = itertools.count()
         self._boot = int(time.time())
         self.originates: list[dict[str, str]] = []  # every Originate received (headers), for assertions
+        self.journal = Journal()
+        self.keep_originates = True  # a flood turns this off: thousands of header dicts are not free
+        self.originate_count = 0
         self.logins = 0
         self.connections = 0
         self.drop_on_originate = 0  # fault: queue the next N Originates, then cut the link before answering
@@ -294,7 +477,28 @@ class AmiEmulator:
 
     def _event(self, name: str, items: Iterable[tuple[str, str]], privilege: str = "call,all") -> None:
         if self._sessions:
-            self._broadcast(format_frame([("Event", name), ("Privilege", privilege), *items]))
+            if self.timestamp_events:
+                self._broadcast(format_frame([("Event", name), ("Privilege", privilege),
+                                              ("Timestamp", f"{time.time():.6f}"), *items]))
+            else:
+                self._broadcast(format_frame([("Event", name), ("Privilege", privilege), *items]))
+
+    def _extra(self, c: _Chan, name: str, *items: tuple[str, str], privilege: str = "call,all") -> None:
+        """An event only the full volume carries: the engine ignores it, but must read it."""
+        self._event(name, [*self._snap(c), *items], privilege)
+
+    def _extra_exten(self, c: _Chan, app: str, data: str = "") -> None:
+        self._event("Newexten", [*self._snap(c), ("Extension", c.exten), ("Application", app), ("AppData", data)],
+                    "dialplan,all")
+
+    def _device(self, c: _Chan, state: str) -> None:
+        self._event("DeviceStateChange", [("Device", c.name.rsplit("-", 1)[0]), ("State", state)])
+
+    def stats(self, session: _Session | None = None) -> dict[str, int]:
+        """Event counters: on ``session`` (the asking connection), on every connection, and calls up."""
+        total = self.events_sent_closed + sum(s.events_sent for s in self._sessions)
+        return {"EventsSent": session.events_sent if session is not None else total, "EventsSentTotal": total,
+                "Sessions": len(self._sessions), "Channels": len(self._chans), "Originates": self.originate_count}
 
     @staticmethod
     def _snap(c: _Chan, prefix: str = "") -> list[tuple[str, str]]:
@@ -367,6 +571,13 @@ class AmiEmulator:
         s.write(format_frame([("Event", "SuccessfulAuth"), ("Privilege", "security,all"),
                               ("Severity", "Informational"), ("Service", "AMI"), ("EventVersion", "1"),
                               ("AccountID", self.username), ("UsingPassword", "0")]))
+
+    def _stats_action(self, s: _Session, m: Message) -> None:
+        """``Action: DialerEmulatorStats`` (emulator only): how many events this connection was sent so far.
+
+        Answered in order with the events, so a client that counts the events it read before this response
+        must find exactly ``EventsSent``: the flood's proof that no event was lost."""
+        self._respond(s, m, "Success", *((k, str(v)) for k, v in self.stats(s).items()))
 
     def _ping(self, s: _Session, m: Message) -> None:
         self._respond(s, m, "Success", ("Ping", "Pong"), ("Timestamp", f"{time.time():.6f}"))
@@ -475,10 +686,14 @@ class AmiEmulator:
             self._bridges[bid].append(c)
             self._event("BridgeEnter", [*binfo, ("BridgeNumChannels", str(n)), ("BridgeVideoSourceMode", "none"),
                                         *self._snap(c)])
-        for c in (a, b):
+        for c, other in ((a, b), (b, a)):
             call = c.call
+            if call is not None and c is call.one and other.agent is not None:
+                self.journal.bridge(_var(c, "DIALER_CALL") or c.uid, other.agent)
             if call is not None and c is call.one and call.state == "up" and not call.connected:
                 call.connected = True
+                if self.full_events and c.agent is None:
+                    self._full_bridge(call, b if c is a else a)
                 self._cancel(call)
                 self._later(call, call.plan.talk, self._customer_hangup, call, 16)
 
@@ -494,7 +709,9 @@ class AmiEmulator:
         if not timeout_s.isdigit():
             self._respond(s, m, "Error", ("Message", "Invalid timeout"))
             return
-        self.originates.append(dict(m.headers))
+        self.originate_count += 1
+        if self.keep_originates:
+            self.originates.append(dict(m.headers))
         tech = channel.split("/", 1)[0]
         is_async = (m.get("Async") or "false").lower() in ("true", "yes", "1", "on")
         if tech not in KNOWN_TECH:
@@ -576,6 +793,8 @@ class AmiEmulator:
             self._event("Newchannel", self._snap(c))
         if agent:
             one.agent = variables.get("DIALER_AGENT") or variables.get("__DIALER_AGENT") or number
+        else:
+            self.journal.dialled(_var(one, "DIALER_CALL") or one.uid, _var(one, "DIALER_LEAD") or "?")
         for c in (one, two):
             if c is None:
                 continue
@@ -585,9 +804,11 @@ class AmiEmulator:
             self._event("LocalBridge", [*self._snap(one, "LocalOne"), *self._snap(two, "LocalTwo"),
                                         ("Context", lctx), ("Exten", number), ("LocalOptimization", "No")])
             self._event("DialBegin", [*self._snap(one, "Dest"), ("DialString", rest.split("/")[0])])
+            if self.full_events:
+                self._full_start(one, two)
         log.debug("emulated dial", number=mask_phone(number), outcome=plan.outcome)
         if plan.outcome == "failed":
-            self._later(call, plan.fail_after, self._fail, call, 0, 0)
+            self._later(call, plan.fail_after, self._fail, call, plan.cause, 0)
         elif plan.outcome in ("busy", "congestion"):
             cause, reason = (17, 5) if plan.outcome == "busy" else (34, 8)
             self._later(call, plan.fail_after, self._fail, call, cause, reason)
@@ -606,6 +827,79 @@ class AmiEmulator:
         self._newstate(call.one, "Ringing")
         if call.two is not None:
             self._event("DialState", [*self._snap(call.one, "Dest"), ("DialStatus", "RINGING")])
+            if self.full_events:
+                self._extra_exten(call.two, "Wait", "2")
+                self._device(call.one, "RINGING")
+
+    # -- the full event volume (what a real Asterisk 22 adds around the events the engine reads) --------
+
+    def _full_start(self, one: _Chan, two: _Chan) -> None:
+        """After the Local pair is created: caller ID updates, the ;2 dialplan up to Ringing()."""
+        for c in (one, two):
+            self._extra(c, "NewCallerid", ("CID-CallingPres", "0 (Presentation Allowed, Not Screened)"))
+            self._extra(c, "NewConnectedLine")
+        self._extra_exten(one, "AppDial2", "(Outgoing Line)")
+        self._extra_exten(two, "NoOp", f"dialer call {two.variables.get('__DIALER_CALL', '')}")
+        self._extra_exten(two, "Set", f"LAST={two.exten[-1:]}")
+        self._extra(two, "VarSet", ("Variable", "LAST"), ("Value", two.exten[-1:]), privilege="dialplan,all")
+        self._extra_exten(two, "GotoIf", "0?busy")
+        self._extra_exten(two, "Ringing")
+        self._device(one, "INUSE")
+
+    def _full_answer(self, call: _Call) -> None:
+        if call.two is not None:
+            self._extra_exten(call.two, "Answer")
+            self._device(call.two, "INUSE")
+        self._device(call.one, "INUSE")
+        self._extra_exten(call.one, "NoOp", "dialer call answered")
+        self._extra_exten(call.one, "GotoIf", "1?wait")
+
+    _DIAL_VARS = ("DIALSTATUS", "DIALEDPEERNUMBER", "DIALEDPEERNAME", "ANSWEREDTIME", "ANSWEREDTIME_MS",
+                  "DIALEDTIME", "DIALEDTIME_MS", "RINGTIME", "RINGTIME_MS", "PROGRESSTIME", "PROGRESSTIME_MS")
+
+    def _full_bridge(self, call: _Call, agent: _Chan) -> None:
+        """What a Dial to an agent costs on a real Asterisk (the transcript's DIAL* variables, the agent
+        leg's caller ID and device updates), around our Bridge of two channels already up."""
+        c = call.one
+        for k in self._DIAL_VARS:  # Dial() clears them first
+            self._extra(c, "VarSet", ("Variable", k), ("Value", ""), privilege="dialplan,all")
+        for k, v in (("DIALSTATUS", "ANSWER"), ("DIALEDPEERNAME", agent.name), ("DIALEDPEERNUMBER", agent.exten)):
+            self._extra(c, "VarSet", ("Variable", k), ("Value", v), privilege="dialplan,all")
+        for a, b in ((agent, c), (c, agent)):
+            self._extra(a, "NewConnectedLine")
+            self._extra(a, "NewCallerid", ("CID-CallingPres", "0 (Presentation Allowed, Not Screened)"))
+            self._extra(a, "VarSet", ("Variable", "BRIDGEPEER"), ("Value", b.name), privilege="dialplan,all")
+            self._extra(a, "VarSet", ("Variable", "BRIDGEPVTCALLID"), ("Value", ""), privilege="dialplan,all")
+            self._device(a, "INUSE")
+        self._extra_exten(agent, "AppDial", "(Outgoing Line)")
+        self._extra(agent, "VarSet", ("Variable", "DIALEDPEERNUMBER"), ("Value", c.exten), privilege="dialplan,all")
+        self._event("DialBegin", [*self._snap(c), *self._snap(agent, "Dest"), ("DialString", agent.name)])
+        self._event("DialEnd", [*self._snap(c), *self._snap(agent, "Dest"), ("DialStatus", "ANSWER")])
+        self._extra_exten(agent, "Bridge", c.name)
+        self._event("QueueMemberStatus", [("Queue", "dialer"), ("MemberName", agent.name),
+                                          ("Interface", agent.name.rsplit("-", 1)[0]), ("Status", "2"),
+                                          ("Paused", "0"), ("InCall", "1")], "agent,all")
+
+    def _full_hangup(self, call: _Call) -> None:
+        """Before the customer's hangup: the ;2 Hangup(), the answered-call timers, BRIDGEPEER cleared."""
+        c = call.one
+        if call.two is not None:
+            self._extra_exten(call.two, "Hangup", "16")
+        for k, v in (("ANSWEREDTIME", "6"), ("ANSWEREDTIME_MS", "6508"), ("DIALEDTIME", "8"),
+                     ("DIALEDTIME_MS", "8510"), ("RINGTIME", "2"), ("RINGTIME_MS", "2004"), ("PROGRESSTIME", "2"),
+                     ("PROGRESSTIME_MS", "2004"), ("DIALSTATUS", "ANSWER")):
+            self._extra(c, "VarSet", ("Variable", k), ("Value", v), privilege="dialplan,all")
+        peers = self._bridges.get(c.bridge, [c])
+        for p in peers:
+            self._extra(p, "VarSet", ("Variable", "BRIDGEPEER"), ("Value", ""), privilege="dialplan,all")
+            self._device(p, "NOT_INUSE")
+            if p.agent is not None:
+                self._extra(p, "NewConnectedLine")
+                self._extra_exten(p, "Goto", "hold")
+                self._event("QueueMemberStatus", [("Queue", "dialer"), ("MemberName", p.name),
+                                                  ("Interface", p.name.rsplit("-", 1)[0]), ("Status", "1"),
+                                                  ("Paused", "0"), ("InCall", "0")], "agent,all")
+        self._extra(c, "SoftHangupRequest", ("Cause", "16"))
 
     def _newstate(self, c: _Chan, state: str) -> None:
         c.state = state
@@ -638,7 +932,7 @@ class AmiEmulator:
         self._report(call, False, reason)
         if call.two is not None:
             self._newstate(call.two, "Busy")
-            status = "BUSY" if cause == 17 else "CONGESTION"
+            status = {17: "BUSY", 34: "CONGESTION"}.get(cause, "CHANUNAVAIL")
             self._event("DialEnd", [*self._snap(call.one, "Dest"), ("DialStatus", status)])
             self._event("HangupRequest", [*self._snap(call.two), ("Cause", "0")])
             self._hangup_event(call.two, cause)
@@ -676,6 +970,8 @@ class AmiEmulator:
         if call.two is not None:
             self._event("DialEnd", [*self._snap(call.one, "Dest"), ("DialStatus", "ANSWER")])
         self._report(call, True, 4)
+        if self.full_events:
+            self._full_answer(call)
         self._goto(call.one, call.context, call.exten)
         plan = call.plan
         if call.one.agent is not None:
@@ -704,8 +1000,24 @@ class AmiEmulator:
             self._event("UserEvent", [*self._snap(c), ("UserEvent", "DialerAbandon"),
                                       ("Call", c.variables.get("__DIALER_CALL", ""))], "user,all")
             self._exten(c, "Playback", "dialer/abandon")
+            self.journal.abandon_message(_var(c, "DIALER_CALL") or c.uid)
             self._cancel(call)
-            self._later(call, ctx.abandon_message_s, self._dialplan_hangup, call)
+            if call.plan.opt_out:  # Read() hears a 9 during the message: GotoIf to dialer-optout
+                self._later(call, min(call.plan.opt_out_after, ctx.abandon_message_s), self._goto, c,
+                            ctx.optout, "s")
+            else:
+                self._later(call, ctx.abandon_message_s, self._dialplan_hangup, call)
+        elif context == ctx.optout and call is not None:
+            if call.state == "gone":
+                return
+            self._exten(c, "UserEvent", "DialerOptOut")
+            self._event("UserEvent", [*self._snap(c), ("UserEvent", "DialerOptOut"),
+                                      ("Call", _var(c, "DIALER_CALL")), ("Lead", _var(c, "DIALER_LEAD")),
+                                      ("Campaign", _var(c, "DIALER_CAMPAIGN"))], "user,all")
+            self.journal.opt_out(_var(c, "DIALER_CALL") or c.uid)
+            self._exten(c, "Playback", "dialer/optout-done")
+            self._cancel(call)
+            self._later(call, ctx.optout_message_s, self._dialplan_hangup, call)
         else:
             self._exten(c, "Wait", "120")
 
@@ -733,6 +1045,8 @@ class AmiEmulator:
         """The far end hangs up: ``;2`` first with the true cause, then ``;1`` (as captured)."""
         if call.state == "gone":
             return
+        if self.full_events and call.connected:
+            self._full_hangup(call)
         if call.two is not None:
             self._event("SoftHangupRequest", [*self._snap(call.two), ("Cause", str(cause))])
             self._event("HangupRequest", [*self._snap(call.one), ("Cause", str(cause))])
@@ -844,7 +1158,13 @@ AmiEmulator._actions = {
     "coreshowchannels": AmiEmulator._core_show_channels,
     "userevent": AmiEmulator._user_event,
     "events": AmiEmulator._events_action,
+    "dialeremulatorstats": AmiEmulator._stats_action,
 }
+
+
+def _var(c: _Chan, name: str) -> str:
+    """A channel variable as the dialplan reads it: ``NAME`` or its inherited ``__NAME``."""
+    return c.variables.get(name) or c.variables.get("__" + name, "")
 
 
 def _parse_callerid(text: str) -> tuple[str, str]:
@@ -870,10 +1190,20 @@ class Faults:
 
 async def serve(host: str, port: int, *, username: str, secret: str, time_scale: float = 1.0,
                 contexts: Contexts | None = None, plan: PlanFn = default_plan, faults: Faults | None = None,
-                stop: asyncio.Event | None = None) -> None:
-    """Run an emulator until ``stop`` is set (or forever), injecting the periodic ``faults``."""
+                stop: asyncio.Event | None = None, full_events: bool = False,
+                timestamp_events: bool = False, record: str | Path | None = None) -> None:
+    """Run an emulator until ``stop`` is set (or, without one, until SIGINT/SIGTERM), injecting the
+    periodic ``faults``; then write the :class:`Journal` to ``record`` (JSON) if asked. Stopping on a
+    signal rather than dying from it is what lets the journal be written when a test terminates us."""
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     emu = AmiEmulator(host, port, username=username, secret=secret, contexts=contexts, time_scale=time_scale,
-                      plan=plan)
+                      plan=plan, full_events=full_events, timestamp_events=timestamp_events)
+    emu.keep_originates = False  # nobody reads them in this process; a flood would pile them up
+    emu.journal.enabled = record is not None
     await emu.start()
     print(f"AMI emulator on {host}:{emu.port} (user {username})", flush=True)
     faults = faults or Faults()
@@ -900,12 +1230,14 @@ async def serve(host: str, port: int, *, username: str, secret: str, time_scale:
                                    (faults.restart_every, emu.restart), (faults.silent_every, silence)):
                 if period > 0:
                     tg.create_task(every(period, action))
-            await (stop or asyncio.Event()).wait()
+            await stop.wait()
             raise _Stop  # leaving the group cancels the fault loops
     except* _Stop:
         pass
     finally:
         await emu.close()
+        if record is not None:
+            await asyncio.to_thread(Path(record).write_text, json.dumps(emu.journal.as_dict()), encoding="utf-8")
 
 
 class _Stop(Exception):
@@ -920,6 +1252,27 @@ def _load_plan(spec: str) -> PlanFn:
     return fn  # type: ignore[no-any-return]
 
 
+def _plan_from_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> PlanFn:
+    """The plan the command line asks for: a scenario's behaviour model, a module's function, or the
+    last-digit default (with its patience and opt-out options)."""
+    if args.plan and args.scenario:
+        p.error("--plan and --scenario are two ways to decide calls: pick one")
+    if (args.plan or args.scenario) and (args.patience is not None or args.opt_out_digits):
+        p.error("--patience and --opt-out-digits shape the default plan only")
+    if args.seed is not None and not args.scenario:
+        p.error("--seed needs --scenario")
+    if args.scenario:
+        from engine.config import ConfigError
+
+        try:
+            return ScenarioPlan.from_file(args.scenario, seed=args.seed, time_scale=args.time_scale)
+        except ConfigError as exc:
+            p.error(str(exc))
+    if args.plan:
+        return _load_plan(args.plan)
+    return with_default_options(default_plan, patience=args.patience, opt_out_digits=args.opt_out_digits)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``dialer pbx-emulator``: an AMI-speaking Asterisk 22 stand-in for load tests and demos."""
     p = argparse.ArgumentParser(prog="dialer pbx-emulator",
@@ -932,6 +1285,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--secret-env", default="DIALER_AMI_SECRET", help="environment variable holding the secret")
     p.add_argument("--time-scale", type=float, default=1.0, help="multiply every delay (0.1 = ten times faster)")
     p.add_argument("--plan", default=None, help="module:function deciding each call (default: by last digit)")
+    p.add_argument("--scenario", default=None, metavar="FILE.toml",
+                   help="draw each call from this campaign's [simulation.customers] model instead of the last digit")
+    p.add_argument("--seed", type=int, default=None, help="with --scenario: the seed (default: its [simulation] seed)")
+    p.add_argument("--patience", type=float, default=None, metavar="S",
+                   help="default plan: a person waits this long in silence before hanging up (scaled like every "
+                        "delay; default 10)")
+    p.add_argument("--opt-out-digits", default="", metavar="DIGITS",
+                   help="default plan: people whose number ends in one of these digits press 9 in the abandon "
+                        "message")
+    p.add_argument("--record", default=None, metavar="FILE.json",
+                   help="on exit, write what happened per call id (originates, abandon messages, opt-outs, "
+                        "bridges)")
     p.add_argument("--customer-context", default="dialer-customer")
     p.add_argument("--agent-context", default="dialer-agent")
     p.add_argument("--abandon-context", default="dialer-abandon")
@@ -940,16 +1305,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--restart-every", type=float, default=0.0, metavar="S", help="fault: restart, forgetting calls")
     p.add_argument("--silent-every", type=float, default=0.0, metavar="S", help="fault: stop sending ...")
     p.add_argument("--silent-for", type=float, default=15.0, metavar="S", help="... for this long")
+    p.add_argument("--full-events", action="store_true",
+                   help="the full event volume of a real Asterisk 22 (~96 events per answered call), not only "
+                        "the events the engine reads")
+    p.add_argument("--timestamp-events", action="store_true",
+                   help="a Timestamp header on every event (manager.conf timestampevents = yes)")
+    p.add_argument("--uvloop", action="store_true", help="run on uvloop (a faster event loop)")
     args = p.parse_args(list(argv) if argv is not None else None)
     secret = args.secret if args.secret is not None else os.environ.get(args.secret_env, "")
     if not secret:
         p.error(f"no secret: pass --secret or set {args.secret_env}")
     contexts = Contexts(customer=args.customer_context, agent=args.agent_context, abandon=args.abandon_context)
     faults = Faults(args.drop_every, args.malformed_every, args.restart_every, args.silent_every, args.silent_for)
-    plan = _load_plan(args.plan) if args.plan else default_plan
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.host, args.port, username=args.user, secret=secret, time_scale=args.time_scale,
-                          contexts=contexts, plan=plan, faults=faults))
+    plan = _plan_from_args(p, args)
+    loop_factory = None
+    if args.uvloop:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(args.host, args.port, username=args.user, secret=secret, time_scale=args.time_scale,
+                         contexts=contexts, plan=plan, faults=faults, full_events=args.full_events,
+                         timestamp_events=args.timestamp_events, record=args.record))
     return 0
 
 

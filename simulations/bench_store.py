@@ -36,7 +36,7 @@ from engine.models import CallAttempt, CallResult, Lead, Outcome
 from engine.plugins import Gate, make_plugin_manager
 from engine.store.base import Caps
 from engine.store.memory import MemoryStore
-from engine.store.redis import RedisStore
+from engine.store.redis import BUCKET_BITS, RedisStore
 from engine.testing import campaign
 
 NOW = 1_767_632_400.0  # Monday 2026-01-05 12:00 in New York: the calling window is open
@@ -225,7 +225,7 @@ async def main(argv: list[str] | None = None) -> None:
             total, load_s, added = await dnc_footprint(server.url, args.dnc)
             per_million = total / added * 1_000_000
             print()
-            print(f"DNC: {added:,} numbers in {2 ** 16:,} intsets: {total / 2**20:.2f} MiB "
+            print(f"DNC: {added:,} numbers in {2 ** BUCKET_BITS:,} intsets: {total / 2**20:.2f} MiB "
                   f"({per_million / 2**20:.2f} MiB per million, {total / added:.1f} bytes per number); "
                   f"bulk load {load_s:.1f} s ({added / load_s:,.0f} numbers/s)")
     finally:

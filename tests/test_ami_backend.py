@@ -580,3 +580,32 @@ async def test_emulator_cli_faults_drop_and_the_backend_recovers() -> None:
         stop.set()
         async with asyncio.timeout(5):
             await task
+
+
+async def test_agent_sessions_lost_in_a_restart_are_called_back_but_a_hung_up_phone_is_not() -> None:
+    emu = AmiEmulator(secret=SECRET, time_scale=0.01)
+    await emu.start()
+    be = AsteriskBackend(config(emu.port))
+    sink = Sink()
+    await be.start(sink)
+    try:
+        for agent in ("7", "8"):
+            await be.agent_login(agent)
+        await emu.restart()  # every channel forgotten, agent sessions included
+        await until(lambda: sorted(c.split("-")[0] for c in emu.channels) == ["PJSIP/7", "PJSIP/8"])
+        await be.originate(attempt("a", "+15551000"), ring_timeout=30, caller_id="D <1>")
+        await sink.wait(lambda: Answered("a", U) in sink.events)
+        await be.connect("a", "7")  # the called-back session takes calls again
+        await sink.wait(lambda: Connected("a", "7") in sink.events)
+        (agent8,) = [c for c in emu.channels if c.startswith("PJSIP/8-")]
+        assert emu.remote_hangup(agent8, 16)  # the agent hangs up the phone: that is leaving
+        await be.originate(attempt("b", "+15551000"), ring_timeout=30, caller_id="D <1>")
+        await sink.wait(lambda: Answered("b", U) in sink.events)
+        with pytest.raises(PbxError, match="no session"):
+            await be.connect("b", "8")
+        assert not any(c.startswith("PJSIP/8-") for c in emu.channels)
+        await be.agent_logout("7")
+        await until(lambda: not any(c.startswith("PJSIP/7-") for c in emu.channels))
+    finally:
+        await be.close()
+        await emu.close()

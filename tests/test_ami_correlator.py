@@ -11,7 +11,7 @@ from engine.calls import advance, final_outcome
 from engine.models import AnswerKind, CallAttempt, CallState, Lead, Outcome
 from engine.pbx.ami.correlator import Correlator
 from engine.pbx.ami.protocol import AmiProtocol, Message, drain
-from engine.pbx.base import Abandoned, Answered, CallEvent, Connected, Ended, Ringing
+from engine.pbx.base import Abandoned, Answered, CallEvent, Connected, Ended, OptOut, Ringing
 
 FIX = Path(__file__).parent / "fixtures" / "ami"
 H, M, U = AnswerKind.HUMAN, AnswerKind.MACHINE, AnswerKind.UNKNOWN
@@ -202,6 +202,29 @@ def test_abandon_by_user_event_then_newexten_once() -> None:
         {"Event": "Newexten", "Uniqueid": "c1-b", "Context": "dialer-abandon"},
     ]
     assert [e for m in ab for e in c.feed(m)] == [Abandoned("c1")]
+
+
+def test_opt_out_after_the_abandon_message_once_then_end() -> None:
+    c = Correlator(abandon_context="dialer-abandon")
+    _answered_up_to_bridge(c)
+    feed = [
+        {"Event": "UserEvent", "Uniqueid": "c1-a", "UserEvent": "DialerAbandon"},
+        {"Event": "Newexten", "Uniqueid": "c1-a", "Context": "dialer-optout", "Application": "UserEvent"},
+        {"Event": "UserEvent", "Uniqueid": "c1-b", "UserEvent": "DialerOptOut"},  # not our dialplan's leg
+        {"Event": "UserEvent", "Uniqueid": "c1-a", "UserEvent": "DialerOptOut", "Call": "c1"},
+        {"Event": "UserEvent", "Uniqueid": "c1-a", "UserEvent": "DialerOptOut", "Call": "c1"},
+        {"Event": "Hangup", "Uniqueid": "c1-a", "Cause": "16"},
+        {"Event": "Hangup", "Uniqueid": "c1-b", "Cause": "16"},
+    ]
+    assert [e for m in feed for e in c.feed(m)] == [Abandoned("c1"), OptOut("c1"), Ended("c1", 16, "normal")]
+
+
+def test_opt_out_whose_abandon_was_missed_implies_it() -> None:
+    """After a reconnect the abandon's events may be lost; the opt-out must still be reported, after it."""
+    c = Correlator()
+    _answered_up_to_bridge(c)
+    assert c.feed({"Event": "UserEvent", "Uniqueid": "c1-a", "UserEvent": "DialerOptOut"}) == [
+        Abandoned("c1"), OptOut("c1")]
 
 
 def test_amd_verdict_once_from_varset_or_user_event() -> None:

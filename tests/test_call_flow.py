@@ -6,6 +6,7 @@ import pytest
 from helpers import NO_ANSWER, DialAll, campaign, human, machine, run_script, unanswered
 
 from engine.calls import TRANSITIONS, CallStateError, advance, final_outcome
+from engine.config import ConfigError
 from engine.models import Q850, AnswerKind, CallAttempt, CallState, Lead, Outcome
 
 
@@ -74,6 +75,26 @@ def test_machine_dropped_by_amd(vrun):
     row = vrun(store.results("t"))[0]
     assert row["outcome"] == "machine" and row["agent_id"] is None
     assert summary["machines"] == 1 and summary["live"] == 0
+
+
+def test_amd_false_positives_are_counted_as_abandons_when_configured(vrun):
+    # Ten machines dropped by AMD; a quarter of machine verdicts are really people: 2.5 people hung up
+    # on in silence, counted as 2 whole abandoned live answers (the half waits for the next drop).
+    cfg = campaign(amd={"enabled": True, "machine_action": "hangup"}, retry={"max_attempts": 1},
+                   abandon={"count_amd_false_positives": True, "amd_false_positive_rate": 0.25})
+    plans = {f"L{i}": machine(after=2 + i) for i in range(10)}
+    _, summary, store = vrun(run_script(cfg, plans, agents=2))
+    rows = vrun(store.results("t"))
+    assert [r["outcome"] for r in rows] == ["machine"] * 10  # each call is still what it was
+    assert summary["machines"] == 10 and summary["amd_false_positives"] == 2
+    assert summary["abandoned"] == 2 and summary["live"] == 2
+    counts = vrun(store.abandon_counts("t", since=0, now=1e12))  # what the controller and reports read
+    assert (counts.live, counts.abandoned) == (2, 2)
+
+
+def test_amd_false_positive_counting_needs_a_rate():
+    with pytest.raises(ConfigError, match="amd_false_positive_rate"):
+        campaign(abandon={"count_amd_false_positives": True})
 
 
 def test_machine_without_amd_reaches_an_agent_and_counts_as_live(vrun):

@@ -77,6 +77,56 @@ def test_check_accepts_the_example_and_refuses_a_bad_file(tmp_path):
     assert f"{bad}:4: abandon.target" in out.stderr
 
 
+RULES_PLUGIN = """
+from engine.hooks import hookimpl
+
+
+@hookimpl
+def dialer_check_settings(campaign):
+    table = campaign.plugin.get("house_rules", {})
+    limit = table.get("limit", 1)
+    if not isinstance(limit, int) or limit < 1:
+        return [f"limit: {limit!r} is not a whole number of calls (1 or more)"]
+    return None
+"""
+
+
+@pytest.mark.parametrize(("table", "expected"), [
+    ('[plugin.house_rules]\nlimit = 2\n', None),
+    ('[plugin.house_rules]\nlimit = "two"\n', ":6: plugin.house_rules.limit: 'two' is not a whole number"),
+    ('[plugin.house_rulez]\nlimit = 2\n', ":5: plugin.house_rulez: no loaded plugin is named 'house_rulez'"),
+])
+def test_check_runs_each_plugins_settings_check(tmp_path, table, expected):
+    (tmp_path / "house_rules.py").write_text(RULES_PLUGIN)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[campaign]\nid = "x"\nplugins = ["house_rules"]\n\n' + table)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{tmp_path}"}
+    for command in (["check", str(cfg)], ["run", str(cfg), "--quiet", "--results", str(tmp_path / "r")]):
+        out = subprocess.run([*DIALER, *command], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+        if expected is None:
+            assert out.returncode == 0, out.stderr
+            break  # the run itself is tested elsewhere
+        assert out.returncode == 2 and f"{cfg}{expected}" in out.stderr, out.stderr
+        assert not (tmp_path / "r").exists(), "a campaign with a bad plugin setting must not start"
+
+
+def test_a_shared_store_needs_keys_of_its_own(tmp_path):
+    cfg = tmp_path / "shared.toml"
+    cfg.write_text('[campaign]\nid = "x"\nstore = "redis"\n[redis]\nurl = "redis://127.0.0.1:1/0"\n')
+    leads = tmp_path / "leads.csv"
+    leads.write_text("phone\n+12125550100\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIALER_")}
+    env["PYTHONPATH"] = str(ROOT)
+    for command in (["run", str(cfg), "--realtime", "--quiet"],
+                    ["leads", "import", str(leads), "--campaign", str(cfg)]):
+        out = subprocess.run([*DIALER, *command], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+        assert out.returncode == 2, out.stderr
+        assert "development key(s) for DIALER_DATA_KEY and DIALER_INDEX_KEY" in out.stderr
+    checked = subprocess.run([*DIALER, "check", str(cfg)], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                             env=env)
+    assert checked.returncode == 0 and "warning:" in checked.stderr and "`dialer run` will refuse it" in checked.stderr
+
+
 @pytest.mark.parametrize("mode", ["preview", "progressive", "predictive"])
 def test_run_a_campaign_to_the_end(tmp_path, mode):
     out = dialer("run", str(small(tmp_path, mode)), "--results", str(tmp_path / "res"), "--json")
@@ -180,6 +230,16 @@ def test_leads_import_writes_a_reject_report_and_a_clean_file(tmp_path):
     assert run.returncode == 0, run.stderr
 
 
+def test_the_demo_holds_its_abandon_rate_under_the_cap_hour_by_hour(tmp_path):
+    # A new campaign: its 30-day window is this very day, so the rate must be under 3 % whenever it stops.
+    out = dialer("run", "config/demo.toml", "--quiet", "--json", "--results", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    rep = dialer("report", "results", "config/demo.toml", json.loads(out.stdout)["results"]["csv"], "--json")
+    hours = json.loads(rep.stdout)["by_hour"]
+    assert len(hours) == 8
+    assert all(h["abandon_rate_so_far"] <= 0.03 for h in hours), hours
+
+
 def test_demo_with_tiers_and_its_results_report(tmp_path):
     out = dialer("run", "config/demo_tiers.toml", "--quiet", "--json", "--results", str(tmp_path), "--until", "7200")
     assert out.returncode == 0, out.stderr
@@ -190,6 +250,17 @@ def test_demo_with_tiers_and_its_results_report(tmp_path):
     assert set(report["by_tier"]) >= {"0", "1"}
     assert "hesitant" in report["by_customer_type"]
     assert report["total"]["conversions"] > 0 and report["follow_ups"]["created"] > 0
+    # hour by hour, in the campaign's time zone: the demo starts at 09:00 New York and runs two hours
+    hours = report["by_hour"]
+    assert [h["hour"][-5:] for h in hours][:2] == ["09:00", "10:00"]
+    assert sum(h["dials"] for h in hours) == report["total"]["dials"]
+    live = sum(h["live"] for h in hours)
+    abandoned = sum(h["abandoned"] for h in hours)
+    assert hours[-1]["abandon_rate_so_far"] == pytest.approx(abandoned / live, abs=1e-4)
+    chart = tmp_path / "day.png"
+    drawn = dialer("report", "results", "config/demo_tiers.toml", csv_path, "--chart", str(chart))
+    assert drawn.returncode == 0, drawn.stderr
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "rate so far" in drawn.stdout
 
 
 def test_prometheus_metrics_while_running(tmp_path):

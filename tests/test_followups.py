@@ -48,6 +48,36 @@ def test_follow_up_is_created_dialled_first_when_due_and_completed(vrun, monkeyp
     assert store._leads[("t", "L1")].score == 0.0  # priority handed back once completed
 
 
+def test_a_same_agent_follow_up_reaches_the_agent_who_agreed_it(vrun, monkeypatch):
+    import simulations.agents as sim_agents
+
+    dispositions = iter(["callback", "sale"])
+
+    async def wrap(self, agent, call):
+        return next(dispositions)
+
+    monkeypatch.setattr(sim_agents.SimDesk, "wrap_up", wrap)
+    cfg = campaign(dispositions={"callback": {"follow_up": "1h", "same_agent": True}})
+    leads = [Lead("L1", "t", "+12125550001")]
+    _, _, store = vrun(run_script(cfg, {"L1": human(talk=30)}, leads=leads, plugins=[followups], agents=3,
+                                  until=3 * 3600))
+    rows = vrun(store.results("t"))
+    # A1 took the first call; an hour later A2 and A3 have been idle longer, yet the follow-up goes to A1
+    assert [(r["agent_id"], r["follow_up"]) for r in rows] == [("A1", False), ("A1", True)]
+
+
+def test_the_preferred_agent_only_when_ready():
+    from engine.agents import AgentPool
+    from engine.models import Agent
+
+    pool = AgentPool([Agent("A1"), Agent("A2"), Agent("A3")], clock=lambda: 0.0)
+    for a in ("A1", "A2", "A3"):
+        pool.login(a)
+    assert pool.take_ready(prefer="A3").agent_id == "A3"
+    assert pool.take_ready(prefer="A3").agent_id == "A1"  # A3 is on a call: the longest idle instead
+    assert pool.start_preview(prefer="nobody").agent_id == "A2"
+
+
 async def test_a_due_follow_up_is_dialled_before_fresh_leads_of_its_tier():
     from engine.store.memory import MemoryStore
 

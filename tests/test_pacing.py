@@ -132,6 +132,32 @@ def test_controller_raises_allowance_under_target_and_cuts_it_over_target():
     assert c2.allowance < start / 4
 
 
+def test_cap_guard_holds_a_young_window_under_the_target_at_every_moment():
+    # A new campaign's 30-day window: 7 abandons in 240 live answers is 2.9 %, under the cap, but the
+    # forecast (pseudo-answers) would still let it dial hard; one more abandon would put it over.
+    guarded = AbandonController(0.03, [30 * 86400])
+    guarded.observe(240, 7, [AbandonCounts(7, 240)])
+    assert guarded.at_cap and guarded.allowance == guarded.floor
+    free = AbandonController(0.03, [30 * 86400], cap_guard_live=None)
+    free.observe(240, 7, [AbandonCounts(7, 240)])
+    assert not free.at_cap and free.allowance > 10 * free.floor
+    # With room for more than one abandon, or too few answers to mean anything, it does not bind.
+    for counts in (AbandonCounts(5, 240), AbandonCounts(2, 40)):
+        c = AbandonController(0.03, [30 * 86400])
+        c.observe(counts.live, counts.abandoned, [counts])
+        assert not c.at_cap
+
+
+def test_cap_guard_follows_the_campaign(vrun):
+    from helpers import campaign, run_script
+
+    cfg = campaign(abandon={"cap_guard": False})
+    dialer, _, _ = vrun(run_script(cfg, {}))
+    assert dialer.controller.cap_guard_live is None
+    dialer, _, _ = vrun(run_script(campaign(abandon={"cap_guard_live": 250}), {}))
+    assert dialer.controller.cap_guard_live == 250
+
+
 def test_controller_margin_is_wider_with_few_calls():
     c = AbandonController(0.03, [86400], safety_z=1.65)
     assert c.working_target(0) < c.working_target(1000) < c.working_target(100000) < 0.03

@@ -165,7 +165,7 @@ def test_dialer_plugins_lists_the_installed_examples_where_from_and_their_hooks(
     assert head == ("region_cap  (entry point dialer.plugins: region_cap = dialer_region_cap, "
                     "distribution dialer-region-cap 0.1.0)")
     assert file.startswith(f"file: {venv.path}/") and file.endswith("dialer_region_cap/__init__.py")
-    assert hooks == "hooks: dialer_campaign_start, dialer_check_dial"
+    assert hooks == "hooks: dialer_campaign_start, dialer_check_dial, dialer_check_settings"
     assert found["fixed-ratio"] == ["fixed-ratio  (entry point dialer.pacers: fixed-ratio = "
                                     "dialer_fixed_ratio:FixedRatioPacer, distribution dialer-fixed-ratio 0.1.0)"]
     assert found["ranking"][0].startswith("ranking  (entry point dialer.plugins: ranking = plugins.ranking, "

@@ -6,6 +6,7 @@ plain, the DNC footprint, connection loss, Cluster-safe keys, several nodes at o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 import shutil
@@ -24,9 +25,10 @@ from redis_server import RedisServer, _free_port
 from engine.crypto import DecryptError, FieldCipher, key_id
 from engine.models import CallAttempt, CallResult, Lead, Outcome, Veto, mask_phone
 from engine.pii import BlindIndex
+from engine.store import redis as redis_store
 from engine.store.base import Caps, Store, StoreUnavailable
 from engine.store.memory import MemoryStore
-from engine.store.redis import SCRIPTS, RedisStore, bucket_of
+from engine.store.redis import BUCKET_BITS, SCRIPTS, RedisStore, bucket_of
 
 T0 = 1_767_600_000.0  # 2026-01-05 08:00 UTC, minute-aligned
 DAY = "2026-01-05"
@@ -75,6 +77,8 @@ async def dial(store: Store, lead: Lead, *, now: float, caps: Caps = BIG, day_ke
     """Reserve (and by default finish) one attempt; returns the call and the reservation's rule ('' = ok)."""
     call = attempt(lead)
     res = await store.reserve_attempt(call, now=now, day_key=day_key, caps=caps, node_id="n1")
+    if res.ok:
+        lead.attempts += 1  # as the next claim would say: a copy that does not move on is a stale claim
     if res.ok and finish:
         await store.finish_attempt(call, result(call, outcome), now=now + 30, next_eligible=next_eligible,
                                    abandoned=outcome == Outcome.ABANDONED, live=outcome.live,
@@ -189,6 +193,52 @@ async def test_lock_frees_itself_when_a_node_dies(store: Store) -> None:
     assert (await dial(store, other, now=T0 + 120, finish=False))[1] == ""
 
 
+async def test_a_lapsed_claim_never_dials_an_attempt_twice(store: Store) -> None:
+    """n1's lease lapses (a slow preview), n2 claims and dials the lead: n1's copy is stale. Its reservation is
+    refused whatever the caps allow, and its release neither revives the closed lead nor counts anything."""
+    await store.add_leads([mk("a", phone(1))])
+    [slow] = await store.claim_leads("t", 1, now=T0, node_id="n1", lease_s=10)
+    [fast] = await store.claim_leads("t", 1, now=T0 + 10, node_id="n2", lease_s=10)
+    assert (slow.attempts, fast.attempts) == (0, 0)
+    assert (await dial(store, fast, now=T0 + 11, next_eligible=None))[1] == ""  # closed after attempt 1
+    call, rule = await dial(store, slow, now=T0 + 50, finish=False)
+    assert rule == "lease_lost"
+    await store.release_lead(slow, now=T0 + 50, next_eligible=T0 + 60)
+    assert await store.lead_counts("t") == {"pending": 0, "leased": 0, "in_call": 0, "done": 1}
+    assert await store.claim_leads("t", 1, now=T0 + 3600, node_id="n1", lease_s=10) == []
+    ctx = await store.dial_context(slow, now=T0 + 60, day_key=DAY)
+    assert (ctx.attempts_today, ctx.in_flight) == (1, False)
+    assert [(r["lead_id"], r["attempt_no"]) for r in await store.results("t")] == [("a", 1)]
+
+
+async def test_a_call_whose_node_died_is_recorded_lost_and_the_lead_comes_back(store: Store) -> None:
+    """Reserved, never finished: held while the number lock holds (the PBX may still carry the call), then one
+    result row says the attempt was lost and the lead returns for its next attempt, never the same one."""
+    caps = Caps(per_day=100, per_24h=100, lifetime=100, lock_s=120.0)
+    await store.add_leads([mk("a", phone(1), tier=2, attributes={"customer_type": "hesitant"})])
+    [lead] = await store.claim_leads("t", 1, now=T0, node_id="n1", lease_s=10)
+    call, rule = await dial(store, lead, now=T0, caps=caps, finish=False)
+    assert rule == ""
+    assert await store.next_eligible_at("t") is None  # nothing to wait for: a run may end
+    assert await store.claim_leads("t", 1, now=T0 + 119, node_id="n2", lease_s=10) == []
+    assert (await store.lead_counts("t"))["in_call"] == 1
+    [back] = await store.claim_leads("t", 1, now=T0 + 120, node_id="n2", lease_s=10)
+    assert (back.lead_id, back.attempts) == ("a", 1)
+    [row] = await store.results("t")
+    assert (row["call_id"], row["attempt_no"], row["outcome"], row["tier"], row["customer_type"]) == \
+        (call.call_id, 1, "unknown", 2, "hesitant")
+    assert row["phone"] == mask_phone(phone(1)) and row["started"] == "2026-01-05T08:00:00+00:00"
+    assert [h["call_id"] for h in (await store.dial_context(back, now=T0 + 120, day_key=DAY)).history] == \
+        [call.call_id]
+    # The dead node's write, should it ever come, changes nothing; the next attempt is attempt 2.
+    await store.finish_attempt(call, result(call), now=T0 + 130, next_eligible=None, abandoned=False, live=False)
+    assert len(await store.results("t")) == 1
+    nxt, rule = await dial(store, back, now=T0 + 130, caps=caps, next_eligible=None)
+    assert (rule, nxt.attempt_no) == ("", 2)
+    assert [r["attempt_no"] for r in await store.results("t")] == [1, 2]
+    assert await store.lead_counts("t") == {"pending": 0, "leased": 0, "in_call": 0, "done": 1}
+
+
 async def test_reservation_refuses_dnc_global_and_campaign(store: Store) -> None:
     await store.add_leads([mk("a", phone(1)), mk("b", phone(2))])
     a, b = await store.claim_leads("t", 2, now=T0, node_id="n1", lease_s=60)
@@ -211,6 +261,7 @@ async def test_reservation_refuses_invalid_numbers_everywhere(store: Store) -> N
     [other] = await store.claim_leads("u", 1, now=T0 + 60, node_id="n1", lease_s=60)
     assert (await store.dial_context(other, now=T0 + 60, day_key=DAY)).invalid_number
     assert (await dial(store, other, now=T0 + 60))[1] == "invalid_number"
+    assert await store.invalid_numbers([phone(2), phone(1)]) == [False, True]  # what an import leaves out
 
 
 async def test_per_day_cap_counts_across_campaigns(store: Store) -> None:
@@ -364,8 +415,9 @@ def _dump(client: redis.Redis) -> list[str]:
 async def _small_campaign(s: RedisStore) -> list[str]:
     """Leads, claims, every kind of outcome, DNC (global, campaign, file), blocks; returns the numbers."""
     numbers = [f"+4420794{i:05d}" for i in range(6)] + [f"+1415555{i:04d}" for i in range(6)]
-    await s.add_leads([mk(f"lead-{i}", p, attributes={"note": "hello"}, consent_source="web")
-                       for i, p in enumerate(numbers)])
+    await s.add_leads([mk(f"lead-{i}", p, attributes={"note": "hello", "email": f"person{i}@example.org",
+                                                      "notes": [f"asked about the premium plan {i}"]},
+                          consent_source="web") for i, p in enumerate(numbers)])
     leads = await s.claim_leads("t", 20, now=T0, node_id="n1", lease_s=60)
     outcomes = [Outcome.CONNECTED, Outcome.ABANDONED, Outcome.INVALID_NUMBER, Outcome.BUSY, Outcome.MACHINE]
     for i, lead in enumerate(leads[:5]):
@@ -377,7 +429,7 @@ async def _small_campaign(s: RedisStore) -> list[str]:
     await s.add_dnc([numbers[9]])
     await s.add_dnc([numbers[10]], campaign_id="t")
     await s.release_lead(leads[11], now=T0, next_eligible=T0 + 5)
-    stale = leads[3]  # its stored count is 1 now; this copy still says 0
+    stale = dataclasses.replace(leads[3], attempts=0)  # its stored count is 1 now; this copy still says 0
     assert (await dial(s, stale, now=T0 + 1000, caps=Caps(100, 100, 1, 10)))[1] == "cap_lifetime"
     return numbers
 
@@ -388,6 +440,10 @@ async def test_redis_holds_no_plain_phone_number(redis_url: str) -> None:
         numbers = await _small_campaign(s)
         claimed = await s.claim_leads("t", 20, now=T0 + 900, node_id="n1", lease_s=60)
         assert {lead.phone for lead in claimed} <= set(numbers) and claimed  # they decrypt
+        for lead in claimed:  # and so do the sensitive attributes, with the rest as they were
+            i = int(lead.lead_id.split("-")[1])
+            assert lead.attributes == {"note": "hello", "email": f"person{i}@example.org",
+                                       "notes": [f"asked about the premium plan {i}"]}
     finally:
         await s.close()
     client = redis.Redis.from_url(redis_url, decode_responses=True)
@@ -399,6 +455,9 @@ async def test_redis_holds_no_plain_phone_number(redis_url: str) -> None:
         for form in (number, digits, digits[-10:], digits[-9:]):  # E.164, digits, national forms
             leaks = [text for text in dump if form in text]
             assert not leaks, f"{mask_phone(number)} found in plain: {leaks[:1]!r}"
+    for secret in ("@example.org", "premium plan"):  # sensitive attributes and agent notes
+        assert not [text for text in dump if secret in text], f"{secret!r} found in plain"
+    assert any("hello" in text for text in dump)  # the scan does see attributes that are not sensitive
 
 
 async def test_dnc_of_a_million_numbers_takes_a_few_mb(redis_url: str, tmp_path: Any) -> None:
@@ -425,9 +484,52 @@ async def test_dnc_of_a_million_numbers_takes_a_few_mb(redis_url: str, tmp_path:
         client.close()
     finally:
         await s.close()
-    assert len(keys) == 2**16
+    assert len(keys) == 2**BUCKET_BITS
     assert encodings == {"intset"}
-    assert total < 16 * 2**20, f"{total / 2**20:.1f} MB for 1M DNC numbers"
+    print(f"DNC: {total / 2**20:.2f} MiB for {added:,} numbers")
+    assert total < 5 * 2**20, f"{total / 2**20:.1f} MiB for 1M DNC numbers"
+
+
+class _Log:
+    """Records what the store logs (structlog may be configured and cached by other tests)."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def warning(self, event: str, **kw: Any) -> None:
+        self.events.append({"event": event, **kw})
+
+    info = warning
+
+
+async def test_dnc_load_warns_when_a_bucket_outgrows_the_intset_setting(redis_url: str, tmp_path: Any,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past ``set-max-intset-entries`` members a set is silently re-encoded as a hash table, some ten times
+    the memory per number: the load says so, with the setting to use."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.config_set("set-max-intset-entries", 16)
+    s = RedisStore(redis_url, prefix="warn", index=INDEX)
+    try:
+        path = tmp_path / "dnc.txt"
+        path.write_text("\n".join(f"+1212{i:07d}" for i in range(8_000)) + "\n")  # ~2 a bucket, a few at most
+        monkeypatch.setattr(redis_store, "log", quiet := _Log())
+        await s.load_dnc_file(path)
+        assert [e["event"] for e in quiet.events] == ["dnc file loaded"]
+        path.write_text("\n".join(f"+1312{i:07d}" for i in range(80_000)) + "\n")  # ~20 a bucket: too many
+        monkeypatch.setattr(redis_store, "log", loud := _Log())
+        assert await s.load_dnc_file(path) == 80_000
+        [warning] = [e for e in loud.events if "set-max-intset-entries" in e["event"]]
+        assert warning["limit"] == 16 and warning["largest"] > 16
+        setting = 1 << (2 * warning["largest"] - 1).bit_length()  # a power of two, room to double
+        assert warning["advice"] == f"CONFIG SET set-max-intset-entries {setting}"
+        assert all(await s.dnc_contains([f"+1312{i:07d}" for i in range(0, 80_000, 997)]))
+        # what it warns of: the buckets past the limit lost the compact encoding (the others keep it)
+        encodings = {client.object("encoding", k) for k in client.scan_iter(match="warn:*dnc")}
+        assert "hashtable" in encodings
+    finally:
+        client.config_set("set-max-intset-entries", 512)
+        client.close()
+        await s.close()
 
 
 async def test_store_unavailable_when_the_server_stops(tmp_path: Any) -> None:
@@ -543,11 +645,12 @@ async def test_key_rotation_reencrypts_lead_records(redis_url: str) -> None:
     s2 = RedisStore(redis_url, prefix="rot", index=INDEX, cipher=FieldCipher([new, old]))
     s3 = RedisStore(redis_url, prefix="rot", index=INDEX, cipher=FieldCipher(new))
     try:
-        await s1.add_leads([mk("a", phone(1)), mk("b", phone(2))])
+        await s1.add_leads([mk("a", phone(1), attributes={"email": "a@example.org"}), mk("b", phone(2))])
         assert await s2.reencrypt("t") == 2
         assert await s2.reencrypt("t") == 0
         got = await s3.claim_leads("t", 5, now=T0, node_id="n1", lease_s=60)
         assert sorted(lead.phone for lead in got) == [phone(1), phone(2)]
+        assert next(lead for lead in got if lead.lead_id == "a").attributes == {"email": "a@example.org"}
     finally:
         for s in (s1, s2, s3):
             await s.close()

@@ -44,13 +44,33 @@ Agent sessions
     up: no ringing the agent, no answer delay, so the 2-second connect limit is
     spent waiting for a free agent and not on call set-up. When the customer
     hangs up, the agent's channel leaves the bridge and continues in the
-    holding context, ready for the next call.
+    holding context, ready for the next call. A session that vanished while the
+    link was down (the PBX restarted, or lost the channel) is called back at
+    once, with backoff, until it is up again or the agent logs out: otherwise
+    every later connect to that agent would fail and leave a customer in
+    silence. A session the agent ended by hanging up the phone is not called
+    back (that is how an agent leaves).
 
 Several servers
-    Originates are spread over the connected servers (fewest calls in flight
-    first); every later command is routed by call id to the server that holds
-    the call. A customer can only be bridged to an agent whose session lives on
-    the same server (see ``connect``).
+    A customer can only be bridged to an agent whose session lives on the same
+    server: ``Bridge`` joins two channels of one Asterisk, and there is no trunk
+    between servers to cross. The engine hands an answered call to whichever
+    agent is free (it knows nothing of servers), so the backend makes every
+    agent reachable from every call it places: all agent sessions of one engine
+    live on one server, the *agent server* (the first connected server, in
+    configuration order, when the first agent logs in), and while any session
+    exists every customer leg is originated there too. A connect can then never
+    fail for want of a shared server. If the agent server is unreachable while
+    its sessions may still be up (a dropped AMI link hangs up nothing),
+    originates and logins are refused rather than placed where no agent could
+    take them; when it comes back without them, they are called back, together,
+    on the first connected server.
+    With agents, the other servers are thus a fall-back for the start (the first
+    server listed is down when the agents log in), not load spreading: spread
+    load by running several engine nodes, one agent server each, on a shared
+    Redis store. Without any agent session (load tests of the PBX side),
+    originates are spread over the connected servers, fewest calls in flight
+    first. Every later command is routed by call id to the server holding the call.
 """
 
 from __future__ import annotations
@@ -60,6 +80,7 @@ import contextlib
 import itertools
 import os
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +182,9 @@ class AsteriskConfig:
         return cls(**kw)
 
 
+_WATCHED = frozenset({"OriginateResponse", "Hangup", "Shutdown"})  # events the backend itself acts on
+
+
 class _LinkDown(PbxError):
     """The AMI connection dropped while an action waited for its response."""
 
@@ -200,6 +224,15 @@ class _Link:
         self._proto = AmiProtocol()
         self.ready = False
         self.auth_failed: PbxAuthError | None = None
+        # Events read on this connection, and fed through the correlator: a flood compares them with
+        # what the PBX says it sent (nothing may be lost between the socket and the call state).
+        self.events_read = 0
+        self.events_correlated = 0
+        # How old the last correlated event was (its Timestamp, when the PBX sends them: manager.conf
+        # timestampevents = yes), less the smallest age ever seen (network and clock offset).
+        self._lag = 0.0
+        self._lag_at = 0.0  # monotonic time of the last measurement
+        self._lag_floor = float("inf")
 
     # -- connecting ---------------------------------------------------------------------
 
@@ -282,20 +315,31 @@ class _Link:
             self._down()
 
     async def _read_loop(self) -> None:
+        """Frame everything a read brought, then queue its events as one batch: one queue item per
+        read instead of one per event keeps the consumer's cost on the events, not on the queue."""
         assert self._reader is not None
+        proto, reader, dispatch = self._proto, self._reader, self._dispatch
+        # An event nobody here can use (no action waits for it, the backend does not watch it, the
+        # correlator says it cannot change a call) is counted and dropped unparsed.
+        keep = self.correlator.prefilter(_WATCHED)
         while True:
-            while True:
-                ev = self._proto.next_event()
-                if isinstance(ev, Message):
-                    self._dispatch(ev)
-                elif isinstance(ev, Closed):
-                    return
-                elif not isinstance(ev, Banner):
-                    break
-            data = await self._reader.read(65536)
-            self._proto.receive_data(data)
+            batch = [m for m in proto.messages(keep) if dispatch(m)]
+            if proto.skipped:
+                self.events_read += proto.skipped
+                self.events_correlated += proto.skipped  # the correlator's filter decided them
+                proto.skipped = 0
+            if batch:
+                self.queue.put_nowait((self.index, batch))
+            if isinstance(proto.next_event(), Closed):
+                return
+            proto.receive_data(await reader.read(262144))
 
-    def _dispatch(self, m: Message) -> None:
+    def _dispatch(self, m: Message) -> bool:
+        """Resolve action replies; True for an event the consumer must see. Reads no header an event
+        does not need: most events are never parsed (see ``Message``)."""
+        ev = m.event
+        if ev is not None:
+            self.events_read += 1
         aid = m.action_id
         if aid is not None and aid in self._pending:
             p = self._pending[aid]
@@ -303,19 +347,20 @@ class _Link:
                 if p.collect is None or m.response != "Success":
                     if not p.future.done():
                         p.future.set_result(m)
-                    return
+                    return False
                 if m.get("EventList") == "start" or "follow" in (m.get("Message") or ""):
-                    return  # list events follow
+                    return False  # list events follow
             elif p.collect is not None:
                 p.collect.append(m)
                 if (m.event or "").endswith("Complete"):
                     if not p.future.done():
                         p.future.set_result(p.collect)
-                return
-        if m.event is not None:
-            if m.event == "Shutdown":
-                self.log.warning("asterisk is shutting down")
-            self.queue.put_nowait((self.index, m))
+                return False
+        if ev is None:
+            return False
+        if ev == "Shutdown":
+            self.log.warning("asterisk is shutting down")
+        return True
 
     async def _heartbeat(self) -> None:
         timeout = self.cfg.ping_timeout or self.cfg.action_timeout
@@ -329,6 +374,21 @@ class _Link:
                 raise _LinkDown("heartbeat timeout") from None
             if reply.response != "Success":
                 self.log.warning("ami ping refused", message=reply.get("Message"))
+
+    def note_age(self, timestamp: str) -> None:
+        """Update ``ingest_lag`` from an event's Timestamp header (wall-clock seconds at the PBX)."""
+        try:
+            age = time.time() - float(timestamp)
+        except ValueError:
+            return
+        self._lag_floor = min(self._lag_floor, age)
+        self._lag, self._lag_at = age - self._lag_floor, time.monotonic()
+
+    @property
+    def ingest_lag(self) -> float:
+        """The last measured lag; 0 once nothing was correlated for a second (a quiet PBX has no
+        backlog, and a stale figure must not hold dialling forever)."""
+        return self._lag if time.monotonic() - self._lag_at < 1.0 else 0.0
 
     def _down(self) -> None:
         self.ready = False
@@ -407,6 +467,9 @@ class AsteriskBackend:
         self._agent_seq = itertools.count(1)
         self._sink: EventSink | None = None
         self._runner: asyncio.Task[None] | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._wanted: set[str] = set()  # agents logged in (and not out): sessions to keep up
+        self._restoring: set[str] = set()
         self._rr = itertools.count()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -429,6 +492,7 @@ class AsteriskBackend:
 
     async def _run(self) -> None:
         async with asyncio.TaskGroup() as tg:
+            self._tg = tg
             tg.create_task(self._consume(), name="asterisk-events")
             for link in self._links:
                 tg.create_task(link.supervise(), name=f"ami-{link.server.label}")
@@ -436,11 +500,13 @@ class AsteriskBackend:
     async def close(self) -> None:
         """Stop delivering events, log off, release connections."""
         self._sink = None
+        self._wanted.clear()
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
             self._runner = None
+            self._tg = None
         for link in self._links:
             if link.ready and link._writer is not None:
                 with contextlib.suppress(Exception):
@@ -471,17 +537,32 @@ class AsteriskBackend:
                 self._reconcile_agents(link, item.rows)
                 vanished = sum(1 for e in events if isinstance(e, Ended) and e.reason == "unknown")
                 link.log.info("ami reconciled", in_flight=len(link.correlator.in_flight()), vanished=vanished)
-            else:
-                self._watch_agents(item)
+                self._deliver(events)
+                continue
+            feed, interested = link.correlator.feed, link.correlator.interested
+            for m in item:  # one read's events, in order
+                ev = m.event
+                if ev == "OriginateResponse" or ev == "Hangup":
+                    self._watch_agents(m)
+                elif not interested(ev, m.raw):
+                    continue  # e.g. a list event kept for its ActionID: cannot change any call
                 try:
-                    events = link.correlator.feed(item.headers)
+                    events = feed(m.headers)
                 except Exception:  # a correlator bug must not stop every other call's events
-                    link.log.exception("ami message could not be correlated", event=item.event)
+                    link.log.exception("ami message could not be correlated", event=ev)
                     continue
-            for ev in events:
-                if isinstance(ev, Ended):
-                    self._route.pop(ev.call_id, None)
-                self._emit(ev)
+                if events:
+                    self._deliver(events)
+            link.events_correlated += len(item)
+            ts = item[-1].get("Timestamp")  # one parse per read, not per event
+            if ts:
+                link.note_age(ts)
+
+    def _deliver(self, events: Sequence[CallEvent]) -> None:
+        for ev in events:
+            if isinstance(ev, Ended):
+                self._route.pop(ev.call_id, None)
+            self._emit(ev)
 
     def _emit(self, ev: CallEvent) -> None:
         if self._sink is None:
@@ -507,9 +588,31 @@ class AsteriskBackend:
     def _reconcile_agents(self, link: _Link, rows: Sequence[Mapping[str, str]]) -> None:
         alive = {r.get("Uniqueid") for r in rows}
         for a in list(self._agents.values()):
-            if a.link is link and a.uid not in alive:
+            if a.link is link and a.uid not in alive and a.up.done():
                 self._drop_agent(a)
-                log.warning("agent session lost while disconnected", agent_id=a.agent_id)
+                log.warning("agent session lost while disconnected; calling the agent back", agent_id=a.agent_id)
+                self._restore_later(a.agent_id)
+
+    def _restore_later(self, agent_id: str) -> None:
+        if agent_id in self._wanted and agent_id not in self._restoring and self._tg is not None:
+            self._restoring.add(agent_id)
+            self._tg.create_task(self._restore(agent_id), name=f"agent-restore-{agent_id}")
+
+    async def _restore(self, agent_id: str) -> None:
+        """Bring a lost session back (see "Agent sessions"); never raises, stops when the agent logs out."""
+        delay = self.cfg.reconnect_delay
+        try:
+            while agent_id in self._wanted and agent_id not in self._agents:
+                try:
+                    await self.agent_login(agent_id)
+                    log.info("agent session restored", agent_id=agent_id)
+                    return
+                except PbxError as exc:
+                    log.warning("agent session not restored yet", agent_id=agent_id, error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.cfg.reconnect_max)
+        finally:
+            self._restoring.discard(agent_id)
 
     def _drop_agent(self, a: _Agent) -> None:
         if self._agents.get(a.agent_id) is a:
@@ -520,7 +623,16 @@ class AsteriskBackend:
 
     # -- commands -------------------------------------------------------------------------
 
+    def _agent_server(self) -> _Link | None:
+        """The server holding the agent sessions (logins in progress included), or None without any."""
+        return next((a.link for a in self._agents.values()), None)
+
     def _pick(self) -> _Link:
+        home = self._agent_server()
+        if home is not None:  # the only server whose calls an agent can take
+            if not home.ready:
+                raise PbxError(f"the agents' Asterisk server {home.server.label} is not connected")
+            return home
         ready = [link for link in self._links if link.ready]
         if not ready:
             auth = next((link.auth_failed for link in self._links if link.auth_failed), None)
@@ -655,10 +767,12 @@ class AsteriskBackend:
         except (PbxError, TimeoutError) as exc:
             self._drop_agent(a)
             raise PbxError(f"agent {agent_id} login failed: {exc}") from None
+        self._wanted.add(agent_id)
         log.info("agent session up", agent_id=agent_id, ami=link.server.label)
 
     async def agent_logout(self, agent_id: str) -> None:
         """Hang up the agent's parked channel; the session is forgotten even if the PBX is unreachable."""
+        self._wanted.discard(agent_id)
         a = self._agents.get(agent_id)
         if a is None:
             return
@@ -668,14 +782,16 @@ class AsteriskBackend:
                 await self._act(a.link, "Hangup", {"Channel": a.uid, "Cause": "16"})
 
     def _pick_agent_link(self) -> _Link:
+        """Where a new agent session goes: beside the others (never split the team over servers)."""
+        home = self._agent_server()
+        if home is not None:
+            if not home.ready:
+                raise PbxError(f"the agents' Asterisk server {home.server.label} is not connected")
+            return home
         ready = [link for link in self._links if link.ready]
         if not ready:
             raise PbxError("no Asterisk server connected")
-        count = {link.index: 0 for link in ready}
-        for a in self._agents.values():
-            if a.link.index in count:
-                count[a.link.index] += 1
-        return min(ready, key=lambda link: count[link.index])
+        return ready[0]  # configuration order: the operator lists the preferred server first
 
     async def _act(self, link: _Link, name: str, fields: Mapping[str, FieldValue], *,
                    action_id: str | None = None) -> Message:
@@ -692,9 +808,28 @@ class AsteriskBackend:
         """At least one server is logged in (new originates can go out)."""
         return any(link.ready for link in self._links)
 
+    @property
+    def ingest_lag(self) -> float:
+        """Seconds between the PBX emitting the events just correlated and now (worst server).
+
+        The loop-lag check alone misses a backlog that sits in socket buffers rather than in the loop:
+        a caller that dials should hold while this grows. 0 unless the PBX stamps its events."""
+        return max((link.ingest_lag for link in self._links), default=0.0)
+
     def in_flight(self) -> list[str]:
         """Call ids whose end has not been reported yet, over every server."""
         return [cid for link in self._links for cid in link.correlator.in_flight()]
+
+    @property
+    def connected_servers(self) -> list[str]:
+        """``host:port`` of every server logged in now, in configuration order."""
+        return [link.server.label for link in self._links if link.ready]
+
+    @property
+    def agent_server(self) -> str | None:
+        """``host:port`` of the server holding the agent sessions, None while there is none."""
+        home = self._agent_server()
+        return home.server.label if home is not None else None
 
 
 def _var(value: str) -> str:

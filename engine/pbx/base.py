@@ -46,6 +46,16 @@ class Abandoned:
 
 
 @dataclass(frozen=True, slots=True)
+class OptOut:
+    """During the abandon message the called party asked never to be called again (pressed 9).
+
+    Its own event, not a disposition: no agent ever spoke to this person, and the request must
+    bind every campaign and node at once, before the call has even ended."""
+
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Ended:
     """The customer leg is gone. ``cause`` is Q.850; ``reason`` is the backend's plain word
     for it (``busy``, ``no_answer``, ``congestion``, ``failed``, ``normal``, ``unknown``)."""
@@ -55,7 +65,7 @@ class Ended:
     reason: str
 
 
-CallEvent = Ringing | Answered | Connected | Abandoned | Ended
+CallEvent = Ringing | Answered | Connected | Abandoned | OptOut | Ended
 EventSink = Callable[[CallEvent], None]
 
 

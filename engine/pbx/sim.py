@@ -172,11 +172,14 @@ class SimBackend:
             self._sink(ev)
 
 
+_REASONS = {
+    Q850.USER_BUSY: "busy",
+    Q850.NO_ANSWER: "no_answer",
+    Q850.CONGESTION: "congestion",
+    Q850.UNALLOCATED: "invalid",
+    Q850.CALL_REJECTED: "rejected",
+}
+
+
 def _reason(cause: int) -> str:
-    return {
-        Q850.USER_BUSY: "busy",
-        Q850.NO_ANSWER: "no_answer",
-        Q850.CONGESTION: "congestion",
-        Q850.UNALLOCATED: "invalid",
-        Q850.CALL_REJECTED: "rejected",
-    }.get(cause, "failed")
+    return _REASONS.get(cause, "failed")

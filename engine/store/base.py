@@ -12,7 +12,8 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from engine.models import CallAttempt, CallResult, Lead, Veto
+from engine.clock import iso
+from engine.models import CallAttempt, CallResult, Lead, Outcome, Veto, mask_phone
 
 
 class StoreUnavailable(Exception):
@@ -80,7 +81,11 @@ class Store(Protocol):
         only from ``tiers`` when given (a campaign mixing pacing modes by tier).
 
         A lease that is neither finished nor released by ``now + lease_s`` lapses
-        and the lead is handed out again, so a dead node loses no lead.
+        and the lead is handed out again, so a dead node loses no lead. Likewise an
+        attempt reserved but never finished (its node died in the call) is held until
+        its number lock lapses (``Caps.lock_s``: the PBX may still carry the call), then
+        recorded once as lost (``lost_row``: outcome unknown) and the lead comes back
+        for its *next* attempt: the lost one stays counted, never redialled as itself.
         """
 
     async def dial_context(self, lead: Lead, *, now: float, day_key: str) -> DialContext:
@@ -90,7 +95,10 @@ class Store(Protocol):
                               node_id: str) -> Reservation:
         """Atomically: DNC and invalid check, caps re-checked, number locked, counters incremented.
 
-        Only after ``ok`` may the call be originated.
+        Only after ``ok`` may the call be originated. ``call.lead`` must be the claimed
+        copy: if the stored attempt count moved since the claim (the lease lapsed and
+        another node dialled the lead) the reservation is refused as ``lease_lost``, so an
+        attempt number is never dialled twice.
         """
 
     async def finish_attempt(self, call: CallAttempt, result: CallResult, *, now: float,
@@ -100,7 +108,11 @@ class Store(Protocol):
         reschedule the lead (``next_eligible``) or close it (None)."""
 
     async def release_lead(self, lead: Lead, *, now: float, next_eligible: float | None) -> None:
-        """Give back a leased lead that was not dialled (veto, preview skip, shutdown)."""
+        """Give back a leased lead that was not dialled (veto, preview skip, shutdown).
+
+        Ignored when the lead was dialled since this copy was claimed (its stored attempt
+        count moved) or is in a call or closed: a holder whose lease lapsed must not revive
+        a closed lead nor unhook another node's call."""
 
     async def record_block(self, campaign_id: str, lead: Lead, veto: Veto, *, now: float) -> None:
         """Remember that a dial was refused, with its rule and reason, for the compliance report."""
@@ -110,6 +122,9 @@ class Store(Protocol):
 
     async def add_dnc(self, phones: Iterable[str], campaign_id: str | None = None) -> int:
         """Add numbers to the global (or one campaign's) do-not-call list; effective at once."""
+
+    async def invalid_numbers(self, phones: Iterable[str]) -> list[bool]:
+        """For each number: found invalid by an earlier call, so an import leaves it out."""
 
     async def lead_counts(self, campaign_id: str) -> dict[str, int]:
         """Leads per status (pending, leased, done), for progress displays."""
@@ -130,3 +145,15 @@ class Store(Protocol):
 def abandon_bucket(ts: float, width: float = 60.0) -> int:
     """Index of the time bucket holding ``ts``; minute buckets keep 24 h windows exact to the minute."""
     return int(ts // width)
+
+
+def lost_row(call: CallAttempt, now: float) -> dict[str, Any]:
+    """The result row a store records for an attempt reserved at ``now`` and never finished (its
+    node died): outcome unknown, so reports account for every reserved attempt exactly once."""
+    lead = call.lead
+    return CallResult(
+        call_id=call.call_id, campaign_id=call.campaign_id, lead_id=lead.lead_id, attempt_no=call.attempt_no,
+        outcome=Outcome.UNKNOWN, cause=None, disposition=None, agent_id=None, answer_kind=None,
+        started=iso(now), ring_s=None, wait_s=None, talk_s=None, phone_masked=mask_phone(lead.phone),
+        tier=lead.tier, customer_type=(lead.attributes or {}).get("customer_type"),
+    ).as_row()

@@ -20,7 +20,7 @@ Every key starts with the deployment prefix and carries exactly one hash tag:
     window reads 29 day totals and two partial days, exact to the minute) and
     per-call idempotence marks (``done:<call>``).
 ``<prefix>:{n:<bucket>}:...``
-    per number, where ``bucket`` is the top 16 bits of the number's blind index:
+    per number, where ``bucket`` is the top 12 bits of the number's blind index:
     the global DNC set of that bucket (``dnc``), each campaign's DNC set of that
     bucket (``dnc:<campaign>``), the invalid-number set (``inv``), and the
     number's own keys: in-flight lock (``lock:<ix>``), calls per local day
@@ -30,20 +30,40 @@ Every key starts with the deployment prefix and carries exactly one hash tag:
 The per-number state is tagged by the *DNC bucket* of the number, not by the
 number itself: the reservation script must read the DNC sets and update the
 number's counters atomically, and that is only possible if they share a slot.
-65,536 tags spread evenly over the 16,384 cluster slots. Per-contact caps are
+4,096 tags spread evenly over the 16,384 cluster slots. Per-contact caps are
 global (across campaigns), so none of that state can live under a campaign tag.
 
 A reservation therefore takes two scripts, each within one slot: the atomic
 decision (one Lua script in the number's slot: DNC global and campaign,
 invalid, in-flight lock, per-day and 24 h caps, the lifetime cap on the claimed
 lead's count, then lock and count), and the lead's bookkeeping (campaign slot:
-the stored attempt count re-checked against the lifetime cap, attempts + 1, in
-call, lease dropped; a disagreement undoes step one). The number lock taken in
-step one is what serialises attempts on a number (and so on a lead); a crash
-between the two leaves a counted, locked number that was never dialled -- a
-lost attempt, never a double dial. ``finish_attempt`` is likewise two scripts,
-each idempotent (a per-call mark), so the engine may retry it after a
-connection loss without counting anything twice.
+the stored attempt count re-checked against the lifetime cap and against the
+claimed copy's count, attempts + 1, in call, lease dropped; a disagreement undoes
+step one). The number lock taken in step one is what serialises attempts on a
+number (and so on a lead); a crash between the two leaves a counted, locked
+number that was never dialled -- a lost attempt, never a double dial.
+``finish_attempt`` is likewise two scripts, each idempotent (a per-call mark),
+so the engine may retry it after a connection loss without counting anything
+twice.
+
+Nodes that die or stall
+-----------------------
+A lead is claimed under a lease (``lu``, and queued in ``wait`` at that time);
+a lease that lapses puts the lead back in the queue at the next claim. The
+stored attempt count is the claim's version: a node whose lease lapsed while it
+was still deciding (a long preview) is refused at reservation (``lease_lost``)
+if another node dialled the lead meanwhile, and its release is ignored, so the
+same attempt is never dialled twice and a closed lead is never revived.
+
+A reserved lead is ``in_call`` and stays queued in ``wait`` until its number
+lock's expiry (``Caps.lock_s``: ring timeout plus the longest call, since the
+PBX may carry the call on after its node died). A normal finish takes it out.
+If the expiry passes first, the next claim writes the attempt's result row once
+as lost (outcome ``unknown``, prepared at reservation; the per-call mark then
+turns a very late finish into a no-op) and hands the lead out again for its next
+attempt: the lost one stays counted. ``due`` (what ``next_eligible_at`` reads)
+does not hold leads in a call, so the surviving nodes' run can end without
+waiting hours for a dead node's calls; a later run picks those leads up.
 
 Scripts that touch lead records build those keys inside the script from the
 campaign's tag (they are not all known up front); they always share the
@@ -54,12 +74,23 @@ pipeline EVALSHA in cluster mode).
 
 DNC at scale
 ------------
-A number's blind index is 63 bits. Its top 16 bits choose the bucket (one small
-Redis set), and bits 16..46 are the member: a 31-bit integer, so each set stays
-an *intset* of 4-byte entries (keep ``set-max-intset-entries`` at its default
-512: 65,536 buckets x 512 = 33 M numbers before any set converts). Dropping the
-low bits can only make two numbers look alike, which blocks a dial, never
-allows one (fail safe). The same encoding serves the invalid-number sets.
+A number's blind index is 63 bits. Its top 12 bits choose the bucket (one Redis
+set), and the next 31 bits are the member: a non-negative 32-bit integer, so each
+set is an *intset*, a sorted array of 4-byte entries (binary search for
+SISMEMBER/SMISMEMBER, one memmove per insert). A million numbers make 4,096 sets
+of about 244 members: 4.5 MiB in all, of which 3.8 MiB is the members themselves
+and the rest per-key overhead and allocator rounding (with 65,536 sets of 15,
+the per-key overhead doubled it). Dropping the low 20 bits can only make two
+numbers look alike, which blocks a dial, never allows one (fail safe): a number
+not on the list is blocked with odds of about 1 in 9 million for every million
+numbers listed (n / 2^43). The same encoding serves the invalid-number sets.
+
+A set stays an intset while it holds at most ``set-max-intset-entries`` members
+(default 512): the default holds about 1.8 M numbers before the fullest buckets
+convert to hash tables (some ten times the memory per member). For a larger list,
+raise it above the fullest bucket (4096 holds 10 M numbers: about 2,440 a bucket,
+some 2,620 in the fullest); ``load_dnc_file`` logs a warning with a figure (twice
+the fullest bucket, as a power of two) when a bucket outgrows the server's setting.
 
 Time
 ----
@@ -110,13 +141,25 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from engine.crypto import FieldCipher
 from engine.models import CallAttempt, CallResult, Lead, Veto
 from engine.pii import BlindIndex
-from engine.store.base import AbandonCounts, Caps, DialContext, Reservation, StoreUnavailable, abandon_bucket
+from engine.privacy import ENCRYPTED_ATTRIBUTES
+from engine.store.base import (
+    AbandonCounts,
+    Caps,
+    DialContext,
+    Reservation,
+    StoreUnavailable,
+    abandon_bucket,
+    lost_row,
+)
 
 log = structlog.get_logger("engine.store.redis")
 
 _DAY = 86_400.0
-BUCKET_BITS = 16  # DNC buckets: 2^16 small sets
-_MEMBER_MASK = (1 << 31) - 1
+BUCKET_BITS = 12  # DNC buckets: 2^12 sets, a few hundred members each per million numbers
+MEMBER_BITS = 31  # intset members are non-negative int32: 4 bytes each
+_MEMBER_SHIFT = 63 - BUCKET_BITS - MEMBER_BITS
+_MEMBER_MASK = (1 << MEMBER_BITS) - 1
+INTSET_ENTRIES_DEFAULT = 512  # redis.conf set-max-intset-entries
 _E164 = re.compile(r"^\+[1-9]\d{1,14}$")
 _UNAVAILABLE_REPLIES = ("LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "BUSY")
 _MINUTES_PER_DAY = 1440
@@ -136,8 +179,8 @@ def bucket_of(ix: int) -> int:
 
 
 def member_of(ix: int) -> int:
-    """The 31-bit intset member standing for a blind index inside its bucket."""
-    return (ix >> 16) & _MEMBER_MASK
+    """The 31-bit intset member standing for a blind index inside its bucket (the index's next 31 bits)."""
+    return (ix >> _MEMBER_SHIFT) & _MEMBER_MASK
 
 
 # -- Lua -----------------------------------------------------------------------------------
@@ -162,7 +205,7 @@ local function reschedule(t, lead_id, ne)
   if not st then return end
   local tier = redis.call('HGET', lk, 'tier')
   redis.call('ZREM', t .. 'rdy:' .. tier, lead_id)
-  redis.call('HDEL', lk, 'lu', 'node')
+  redis.call('HDEL', lk, 'lu', 'node', 'call', 'lost')
   if ne == '' then
     redis.call('HSET', lk, 'st', 'done')
     redis.call('ZREM', t .. 'wait', lead_id)
@@ -225,14 +268,14 @@ return new
 """
 
 # KEYS: wait, due, tiers, counts; ARGV: tag prefix, now, n, lease_until, node, tiers ('*' = all, else ',a,b,')
-_CLAIM = _RESCHEDULE + """
+_CLAIM = _RESCHEDULE + _lua("""
 local t, now, n, lu, node, only = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
 -- promote: leases that lapsed come back, waiting leads that came due become ready
 local due = redis.call('ZRANGEBYSCORE', t .. 'wait', '-inf', ARGV[2])
 for _, id in ipairs(due) do
   redis.call('ZREM', t .. 'wait', id)
   local lk = t .. 'lead:' .. id
-  local f = redis.call('HMGET', lk, 'st', 'lu', 'ne', 'tier', 'neg')
+  local f = redis.call('HMGET', lk, 'st', 'lu', 'ne', 'tier', 'neg', 'call', 'lost')
   local st = f[1]
   if st == 'leased' and tonumber(f[2] or '0') <= now then
     redis.call('HSET', lk, 'st', 'pending')
@@ -240,6 +283,20 @@ for _, id in ipairs(due) do
     redis.call('ZADD', t .. 'due', f[3], id)
     set_status(t, 'leased', 'pending')
     st = 'pending'
+  elseif st == 'in_call' and tonumber(f[2] or '0') <= now then
+    -- the node that reserved this attempt never finished it and its number lock has lapsed: the
+    -- attempt is recorded once as lost (outcome unknown; a late finish is then ignored) and the
+    -- lead comes back for its next attempt (the lost one stays counted)
+    if f[6] and f[7] and redis.call('SET', t .. 'done:' .. f[6], '1', 'NX', 'EX', $mark_ttl) then
+      redis.call('XADD', t .. 'res', '*', 'r', f[7])
+      redis.call('RPUSH', t .. 'hist:' .. id, f[7])
+    end
+    redis.call('HSET', lk, 'st', 'pending', 'ne', ARGV[2])
+    redis.call('HDEL', lk, 'lu', 'node', 'call', 'lost')
+    redis.call('ZADD', t .. 'due', ARGV[2], id)
+    set_status(t, 'in_call', 'pending')
+    st = 'pending'
+    f[3] = ARGV[2]
   end
   if st == 'pending' and tonumber(f[3]) <= now then
     redis.call('ZADD', t .. 'rdy:' .. f[4], f[5], id)
@@ -281,7 +338,7 @@ for _, tier in ipairs(tiers) do
   end
 end
 return out
-"""
+""", mark_ttl=CALL_MARK_TTL_S)
 
 # KEYS: dnc, campaign dnc, invalid, lock, day counter, 24 h set
 # ARGV: member, now, per_day, per_24h, lifetime_reached, lock value, lock ttl ms, call id, 24 h cutoff
@@ -303,24 +360,26 @@ redis.call('EXPIRE', KEYS[6], $r24_ttl)
 return 'ok'
 """, day_ttl=DAY_TTL_S, r24_ttl=R24_TTL_S)
 
-# KEYS: wait, due, counts; ARGV: tag prefix, lead id, lifetime cap
-# Returns the new attempt count, -1 for an unknown lead, -2 when the stored count is at the cap.
-_RESERVED = """
+# KEYS: wait, due, counts; ARGV: tag prefix, lead id, lifetime cap, attempts on the claimed copy,
+# lock expiry, call id, node, the result row recorded should this attempt be lost
+# Returns the new attempt count, -1 for an unknown lead, -2 when the stored count is at the cap,
+# -3 when the stored count moved since the claim (another node dialled the lead after a lapsed lease).
+_RESERVED = _RESCHEDULE + """
 local t, id = ARGV[1], ARGV[2]
 local lk = t .. 'lead:' .. id
-local f = redis.call('HMGET', lk, 'st', 'att')
+local f = redis.call('HMGET', lk, 'st', 'att', 'tier')
 local st = f[1]
 if not st then return -1 end
 if tonumber(f[2]) >= tonumber(ARGV[3]) then return -2 end
+if tonumber(f[2]) ~= tonumber(ARGV[4]) then return -3 end
 local att = redis.call('HINCRBY', lk, 'att', 1)
-redis.call('HSET', lk, 'st', 'in_call')
-redis.call('HDEL', lk, 'lu', 'node')
-redis.call('ZREM', t .. 'wait', id)
+-- in a call: out of the queues, but held only as long as the number lock, so that a call whose
+-- node died comes back (see the claim script) instead of staying in a call forever
+redis.call('HSET', lk, 'st', 'in_call', 'lu', ARGV[5], 'call', ARGV[6], 'node', ARGV[7], 'lost', ARGV[8])
+redis.call('ZREM', t .. 'rdy:' .. f[3], id)
+redis.call('ZADD', t .. 'wait', ARGV[5], id)
 redis.call('ZREM', t .. 'due', id)
-if st ~= 'in_call' then
-  redis.call('HINCRBY', t .. 'counts', st, -1)
-  redis.call('HINCRBY', t .. 'counts', 'in_call', 1)
-end
+set_status(t, st, 'in_call')
 return att
 """
 
@@ -361,8 +420,12 @@ if ARGV[4] == '1' then redis.call('SADD', KEYS[2], ARGV[5]) end
 return 1
 """, abn_ttl=ABANDON_MARK_TTL_S)
 
-# KEYS: wait, due, counts; ARGV: tag prefix, lead id, next eligible ('' = done)
+# KEYS: wait, due, counts; ARGV: tag prefix, lead id, next eligible ('' = done), attempts on the claimed copy
+# Only a lead not dialled since this claim is given back: a stale holder (its lease lapsed and another
+# node dialled or closed the lead since) must not revive a closed lead nor unhook a call.
 _RELEASE = _RESCHEDULE + """
+local f = redis.call('HMGET', ARGV[1] .. 'lead:' .. ARGV[2], 'st', 'att')
+if (f[1] ~= 'leased' and f[1] ~= 'pending') or tonumber(f[2]) ~= tonumber(ARGV[4]) then return 0 end
 reschedule(ARGV[1], ARGV[2], ARGV[3])
 return 1
 """
@@ -441,7 +504,8 @@ class RedisStore:
 
     def __init__(self, url: str, *, prefix: str = "dialer", index: BlindIndex | None = None,
                  cipher: FieldCipher | None = None, socket_timeout: float = 2.0,
-                 connect_timeout: float = 1.0, op_timeout: float = 5.0, cluster: bool = False) -> None:
+                 connect_timeout: float = 1.0, op_timeout: float = 5.0, cluster: bool = False,
+                 encrypted_attributes: Iterable[str] = ENCRYPTED_ATTRIBUTES, max_connections: int = 256) -> None:
         """``url``: ``redis://`` (one server) or ``redis+cluster://host:port`` (any node of a Redis
         Cluster; ``cluster=True`` says the same)."""
         if not re.fullmatch(r"[A-Za-z0-9_.:-]+", prefix):
@@ -449,6 +513,7 @@ class RedisStore:
         self.prefix = prefix
         self._index = index or BlindIndex.from_env()
         self._cipher = cipher or FieldCipher.from_env()
+        self._encrypted = frozenset(encrypted_attributes)
         self._op_timeout = op_timeout
         self.cluster = cluster or url.startswith("redis+cluster://")
         if self.cluster:
@@ -458,11 +523,15 @@ class RedisStore:
                 retry=Retry(NoBackoff(), 1),
             )
         else:
-            self._redis = aioredis.Redis.from_url(
-                url, decode_responses=True, socket_timeout=socket_timeout,
-                socket_connect_timeout=connect_timeout, retry=Retry(NoBackoff(), 1),
+            # A blocking pool: a burst of dials waits (within ``op_timeout``) for a free connection
+            # instead of failing with MaxConnectionsError, which would read as "Redis unavailable"
+            # and pause dialling. ``?max_connections=N`` in the URL overrides the size.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url, max_connections=max_connections, timeout=op_timeout, decode_responses=True,
+                socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout, retry=Retry(NoBackoff(), 1),
                 retry_on_error=[RedisConnectionError], health_check_interval=30,
             )
+            self._redis = aioredis.Redis(connection_pool=pool)
         parsed = urlsplit(url)
         self._where = f"{parsed.hostname or parsed.path}:{parsed.port or ''}"  # never the password
         self._scripts = {name: self._redis.register_script(src) for name, src in SCRIPTS.items()}
@@ -500,11 +569,16 @@ class RedisStore:
         return await self._scripts[name](keys=keys, args=args)
 
     def _blob(self, lead: Lead, ix: int) -> str:
+        context = f"{lead.campaign_id}/{ix}"
+        plain = {k: v for k, v in lead.attributes.items() if k not in self._encrypted}
+        sealed = {k: self._cipher.encrypt(json.dumps(v, default=str), f"{context}/{k}")
+                  for k, v in lead.attributes.items() if k in self._encrypted}
         return json.dumps({
-            "p": self._cipher.encrypt(lead.phone, f"{lead.campaign_id}/{ix}"),
+            "p": self._cipher.encrypt(lead.phone, context),
             "tz": lead.timezone,
             "tags": list(lead.tags),
-            "attrs": lead.attributes,
+            "attrs": plain,
+            "sa": sealed,
             "cs": lead.consent_source,
             "ce": lead.consent_expires.isoformat() if lead.consent_expires else None,
         }, separators=(",", ":"), default=str)
@@ -516,7 +590,10 @@ class RedisStore:
             lead_id=lead_id, campaign_id=campaign_id,
             phone=self._cipher.decrypt(d["p"], f"{campaign_id}/{ix}"),
             tier=int(tier), score=float(score), timezone=d.get("tz"), tags=tuple(d.get("tags") or ()),
-            attributes=dict(d.get("attrs") or {}), consent_source=d.get("cs"),
+            attributes={**(d.get("attrs") or {}),
+                        **{k: json.loads(self._cipher.decrypt(token, f"{campaign_id}/{ix}/{k}"))
+                           for k, token in (d.get("sa") or {}).items()}},
+            consent_source=d.get("cs"),
             consent_expires=datetime.fromisoformat(d["ce"]) if d.get("ce") else None,
             attempts=int(attempts), next_eligible=float(next_eligible), status=status,
         )
@@ -563,7 +640,7 @@ class RedisStore:
         t = self.campaign_tag(lead.campaign_id)
         async with self._guard():
             await self._run("release", [t + "wait", t + "due", t + "counts"],
-                            [t, lead.lead_id, "" if next_eligible is None else _num(next_eligible)], t)
+                            [t, lead.lead_id, "" if next_eligible is None else _num(next_eligible), lead.attempts], t)
 
     # -- dialling --------------------------------------------------------------------------
 
@@ -608,13 +685,14 @@ class RedisStore:
                 _num(now - _DAY)])
             if verdict != "ok":
                 return _refusal(verdict, caps, day_key)
-            attempts = int(await self._run("reserved", [t + "wait", t + "due", t + "counts"],
-                                           [t, lead.lead_id, caps.lifetime], t))
+            attempts = int(await self._run("reserved", [t + "wait", t + "due", t + "counts"], [
+                t, lead.lead_id, caps.lifetime, lead.attempts, _num(now + caps.lock_s), call.call_id, node_id,
+                json.dumps(lost_row(call, now), separators=(",", ":"))], t))
             if attempts < 0:
                 await self._run("unreserve", [lock, day, r24], [call.call_id])
                 if attempts == -1:
                     raise KeyError(f"unknown lead {lead.lead_id!r} in campaign {lead.campaign_id!r}")
-                return _refusal("cap_lifetime", caps, day_key)
+                return _refusal("cap_lifetime" if attempts == -2 else "lease_lost", caps, day_key)
         return Reservation(True)
 
     async def finish_attempt(self, call: CallAttempt, result: CallResult, *, now: float,
@@ -662,26 +740,44 @@ class RedisStore:
         return await self._add_indexes((self._index(p) for p in phones), campaign_id)
 
     async def _add_indexes(self, indexes: Iterable[int], campaign_id: str | None, chunk: int = 1_000_000) -> int:
-        """SADD in bulk: members grouped per bucket, so a million numbers take 65,536 commands."""
-        added, batch = 0, []
+        """SADD in bulk: members grouped per bucket, so a million numbers take 4,096 commands. Warns when
+        a bucket outgrows ``set-max-intset-entries``: Redis then converts that set to a hash table, some
+        ten times the memory per number (see the module docstring for the setting to use)."""
+        added, batch, largest = 0, [], 0
         for ix in indexes:
             batch.append(ix)
             if len(batch) >= chunk:
-                added += await self._sadd_batch(batch, campaign_id)
-                batch = []
+                n, big = await self._sadd_batch(batch, campaign_id)
+                added, largest, batch = added + n, max(largest, big), []
         if batch:
-            added += await self._sadd_batch(batch, campaign_id)
+            n, big = await self._sadd_batch(batch, campaign_id)
+            added, largest = added + n, max(largest, big)
+        limit = await self._intset_limit()
+        if largest > limit:
+            log.warning("dnc bucket larger than set-max-intset-entries: those sets lose the compact encoding",
+                        largest=largest, limit=limit, advice=f"CONFIG SET set-max-intset-entries {_pow2(largest * 2)}")
         return added
 
-    async def _sadd_batch(self, indexes: list[int], campaign_id: str | None) -> int:
+    async def _intset_limit(self) -> int:
+        """The server's ``set-max-intset-entries``; the default when CONFIG is not allowed (managed Redis)."""
+        try:
+            async with self._guard():
+                reply = await self._redis.config_get("set-max-intset-entries")
+        except (ResponseError, StoreUnavailable):
+            return INTSET_ENTRIES_DEFAULT
+        values = reply.values() if isinstance(reply, dict) else ()
+        return min((int(v) for v in values if str(v).isdigit()), default=INTSET_ENTRIES_DEFAULT)
+
+    async def _sadd_batch(self, indexes: list[int], campaign_id: str | None) -> tuple[int, int]:
+        """Add one chunk; returns (members new to the list, size of the largest bucket touched)."""
         shift = 63 - BUCKET_BITS
         by_bucket: dict[int, array[int]] = defaultdict(lambda: array("I"))
         for ix in indexes:
-            by_bucket[ix >> shift].append((ix >> 16) & _MEMBER_MASK)
+            by_bucket[ix >> shift].append((ix >> _MEMBER_SHIFT) & _MEMBER_MASK)
         suffix = "dnc" if campaign_id is None else f"dnc:{campaign_id}"
         script = self._scripts["dnc_add"]
         items = list(by_bucket.items())
-        added = 0
+        added, largest = 0, 0
         if not self.cluster:
             async with self._guard():
                 await self._redis.script_load(_DNC_ADD)
@@ -698,17 +794,29 @@ class RedisStore:
                         pipe.sadd(key, *members.tolist())
                     else:
                         pipe.evalsha(script.sha, 1, key, members.tobytes())
-                added += sum(await pipe.execute())
-        return added
+                    pipe.scard(key)
+                replies = await pipe.execute()
+            added += sum(replies[0::2])
+            largest = max(largest, *replies[1::2])
+        return added, largest
 
     async def dnc_contains(self, phones: Iterable[str], campaign_id: str | None = None) -> list[bool]:
         """For each number: on the global DNC list, or on ``campaign_id``'s. One round trip."""
-        indexes = [self._index(p) for p in phones]
         targets: list[str | None] = [None] if campaign_id is None else [None, campaign_id]
+        return await self._members([self._index(p) for p in phones],
+                                   lambda ix: [self._dnc_key(ix, target) for target in targets])
+
+    async def invalid_numbers(self, phones: Iterable[str]) -> list[bool]:
+        """For each number: found invalid by an earlier call (hangup cause). One round trip."""
+        return await self._members([self._index(p) for p in phones], lambda ix: [self.number_tag(ix) + "inv"])
+
+    async def _members(self, indexes: list[int], keys_of: Any) -> list[bool]:
+        """For each blind index: a member of any of the bucket sets ``keys_of(ix)`` names; SMISMEMBER
+        grouped per set, all in one pipeline."""
         by_key: dict[str, list[tuple[int, int]]] = defaultdict(list)  # key -> (position, member)
         for pos, ix in enumerate(indexes):
-            for target in targets:
-                by_key[self._dnc_key(ix, target)].append((pos, member_of(ix)))
+            for key in keys_of(ix):
+                by_key[key].append((pos, member_of(ix)))
         out = [False] * len(indexes)
         if not by_key:
             return out
@@ -797,10 +905,13 @@ class RedisStore:
                 if blob is None:
                     continue
                 d = json.loads(blob)
-                if not self._cipher.needs_rotation(d["p"]):
+                sealed = d.get("sa") or {}
+                if not (self._cipher.needs_rotation(d["p"]) or any(map(self._cipher.needs_rotation, sealed.values()))):
                     continue
                 context = f"{campaign_id}/{ix}"
                 d["p"] = self._cipher.encrypt(self._cipher.decrypt(d["p"], context), context)
+                d["sa"] = {k: self._cipher.encrypt(self._cipher.decrypt(t, f"{context}/{k}"), f"{context}/{k}")
+                           for k, t in sealed.items()}
                 async with self._guard():
                     done += int(await self._run("reencrypt", [key], [blob, json.dumps(d, separators=(",", ":"))]))
             if cursor == 0:
@@ -809,6 +920,14 @@ class RedisStore:
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self._redis.aclose()
+        if not self.cluster:  # a pool we made ourselves is ours to close
+            with contextlib.suppress(Exception):
+                await self._redis.connection_pool.disconnect()
+
+
+def _pow2(n: int) -> int:
+    """The power of two at or above ``n`` (a round figure for the intset setting)."""
+    return 1 << max(0, int(n) - 1).bit_length()
 
 
 def _refusal(rule: str, caps: Caps, day_key: str) -> Reservation:
@@ -819,5 +938,6 @@ def _refusal(rule: str, caps: Caps, day_key: str) -> Reservation:
         "cap_per_day": f"{caps.per_day} calls already on {day_key}",
         "cap_24h": f"{caps.per_24h} calls in the last 24 h",
         "cap_lifetime": f"{caps.lifetime} attempts already made",
+        "lease_lost": "the lead was dialled by another node after this node's lease lapsed",
     }
     return Reservation(False, rule, reasons.get(rule, rule))

@@ -5,8 +5,8 @@ follow-up (``follow_up``, or the customer type's schedule for
 ``customer_follow_ups``); this plugin marks the lead as a follow-up task —
 a score boost so it is dialled first in its tier (and so by its tier's lane and
 agents) once due, with the due time, the reason and the agent it belongs to
-(``same_agent``) — and closes the task when the follow-up call reaches the
-customer. The screen-pop shows the customer type's
+(``same_agent``: the engine hands the call to that agent when they are free) —
+and closes the task when the follow-up call reaches the customer. The screen-pop shows the customer type's
 strategy and questions.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.hooks import hookimpl
-from engine.models import Alert, Outcome
+from engine.models import PREFERRED_AGENT_ATTR, Alert, Outcome
 from engine.retry import follow_up_delay
 
 PRIORITY = 1000.0  # added to the score while a follow-up is due: ahead of every fresh lead of its tier
@@ -29,7 +29,7 @@ def dialer_after_call(call: Any, result: Any, campaign: Any, store: Any) -> Any:
     if attrs.get("follow_up_due") and result.outcome == Outcome.CONNECTED:
         done = int(attrs.get("follow_ups_done", 0) or 0) + 1
         attrs.update(follow_ups_done=done, follow_up_completed=attrs.pop("follow_up_due"))
-        attrs.pop("follow_up_agent", None)
+        attrs.pop(PREFERRED_AGENT_ATTR, None)
         attrs.pop("follow_up_reason", None)
         if attrs.pop("priority", None):
             lead.score -= PRIORITY
@@ -43,7 +43,7 @@ def dialer_after_call(call: Any, result: Any, campaign: Any, store: Any) -> Any:
         attrs["follow_up_due"] = (call.wall_started.timestamp() if call.wall_started else 0.0) + delay
         attrs["follow_up_reason"] = call.disposition
         if rule.same_agent and call.agent_id:
-            attrs["follow_up_agent"] = call.agent_id
+            attrs[PREFERRED_AGENT_ATTR] = call.agent_id
         changed = True
     if not changed:
         return None

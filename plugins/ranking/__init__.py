@@ -5,7 +5,9 @@ attributes and inactivity (the first matching rule wins). A tier rule with
 ``skip = true`` keeps the lead for nurture: the gate refuses to dial it. The
 score orders leads within a tier: tag scores plus a recency bonus that halves
 every ``recency_days`` since the lead's ``last_activity``. Products are matched
-to the lead's tags, and the best match is shown to the agent as an alert.
+to the lead's tags, and the best match is shown to the agent as an alert. With
+``best_time = true`` unanswered leads are retried at the local hour the
+campaign's calls answer best (:mod:`plugins.ranking.besttime`).
 """
 
 from __future__ import annotations
@@ -13,9 +15,17 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from engine.hooks import hookimpl
-from engine.models import Alert, Lead, Veto
+from engine.models import Alert, Lead, Outcome, Veto
+from plugins.ranking.besttime import HourlyRates
+
+# Outcomes that say whether someone picks up at that hour (not network failures or our own stops).
+_ANSWER_EVIDENCE = frozenset({Outcome.CONNECTED, Outcome.ABANDONED, Outcome.CUSTOMER_HANGUP, Outcome.NO_ANSWER,
+                              Outcome.BUSY, Outcome.MACHINE})
+_UNREACHED = frozenset({Outcome.NO_ANSWER, Outcome.BUSY, Outcome.MACHINE})
+_rates: dict[str, HourlyRates] = {}  # campaign id -> what this process has learnt this run
 
 
 def _last_activity(lead: Lead) -> datetime | None:
@@ -88,3 +98,34 @@ def dialer_risk_alerts(ctx: Any, campaign: Any) -> list[Alert] | None:
     if best is None:
         return None
     return [Alert("recommended_offer", f"recommended offer: {best[0]}", "info")]
+
+
+def _zone(lead: Lead, campaign: Any) -> ZoneInfo:
+    try:
+        return ZoneInfo(lead.timezone or campaign.campaign.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo(campaign.campaign.timezone)
+
+
+@hookimpl
+def dialer_campaign_start(campaign: Any) -> None:
+    if campaign.ranking.best_time:
+        _rates[campaign.id] = HourlyRates()  # a run learns from its own calls only
+
+
+@hookimpl
+def dialer_after_call(call: Any, result: Any, campaign: Any) -> None:
+    rates = _rates.get(campaign.id) if campaign.ranking.best_time else None
+    if rates is None or call.wall_started is None or result.outcome not in _ANSWER_EVIDENCE:
+        return
+    rates.observe(call.wall_started.astimezone(_zone(call.lead, campaign)).hour, result.outcome.live)
+
+
+@hookimpl
+def dialer_next_attempt(call: Any, outcome: Outcome, proposed: float, campaign: Any) -> float | None:
+    r = campaign.ranking
+    rates = _rates.get(campaign.id) if r.best_time else None
+    if rates is None or outcome not in _UNREACHED:
+        return None
+    return rates.best_start(proposed, _zone(call.lead, campaign), min_dials=r.best_time_min_dials,
+                            gain=r.best_time_gain)

@@ -100,3 +100,28 @@ def test_bad_settings_fail_closed_at_the_gate_too(monkeypatch, check_dial, make_
     monkeypatch.setenv("DIALER_REGION_CAP_MAX_24H", "-1")
     veto = check_dial(region_cap, ctx=make_dial_context())
     assert veto.rule == "plugin_error" and "DIALER_REGION_CAP_MAX_24H" in veto.reason
+
+
+# -- settings in the campaign file ------------------------------------------------------------------
+
+
+def test_the_campaign_table_sets_the_rule_and_wins_over_the_environment(monkeypatch, check_dial, make_campaign,
+                                                                         make_dial_context, make_lead):
+    monkeypatch.setenv("DIALER_REGION_CAP_HOURS", "06:00-23:00")
+    cfg = make_campaign(plugin={"region_cap": {"regions": ["GB"], "max_24h": 1, "hours": "09:00-17:00"}})
+    london = make_lead("+442079460000", timezone="Europe/London")
+    assert check_dial(region_cap, ctx=make_dial_context(london, at="2026-01-05 12:00", campaign=cfg),
+                      campaign=cfg) is None
+    late = make_dial_context(london, at="2026-01-05 17:30", campaign=cfg)
+    assert check_dial(region_cap, ctx=late, campaign=cfg).rule == region_cap.RULE_HOURS
+    capped = make_dial_context(london, at="2026-01-05 12:00", attempts_24h=1, campaign=cfg)
+    assert check_dial(region_cap, ctx=capped, campaign=cfg).rule == region_cap.RULE_24H
+
+
+@pytest.mark.parametrize(("table", "problem"), [({"max_24h": "three"}, "max_24h: 'three' is not a whole number"),
+                                                ({"hours": "20:00-08:00"}, "hours: '20:00-08:00' ends before"),
+                                                ({"maxx_24h": 2}, "maxx_24h: unknown key")])
+def test_a_bad_setting_is_reported_by_its_key(make_campaign, table, problem):
+    cfg = make_campaign(plugin={"region_cap": table})
+    [reported] = region_cap.dialer_check_settings(campaign=cfg)
+    assert reported.startswith(problem)

@@ -5,17 +5,19 @@ and only between 08:00 and 20:00 in the called party's local time. The default
 region is Florida (its area codes), whose Telephone Solicitation Act has this
 shape; this is an example of the plugin contract, not legal advice.
 
-Configuration, read from the environment (the campaign file has no section for
-plugin settings yet) and checked when a campaign starts, so a typo stops the
-campaign instead of silently changing the rule:
+Configuration, in the campaign file (checked by ``dialer check`` and before a
+campaign starts, so a typo stops the campaign instead of silently changing the
+rule)::
 
-``DIALER_REGION_CAP_REGIONS``
-    comma-separated E.164 prefixes (``+1305,+1786``) and/or ISO 3166 region codes
-    (``GB``); default: every Florida area code.
-``DIALER_REGION_CAP_MAX_24H``
-    calls allowed per number in any 24 h (default 3).
-``DIALER_REGION_CAP_HOURS``
-    the local calling window, ``HH:MM-HH:MM`` (default ``08:00-20:00``; the end is excluded).
+    [plugin.region_cap]
+    regions = ["+1305", "+1786", "GB"]  # E.164 prefixes and/or ISO 3166 region codes; default: Florida
+    max_24h = 3                         # calls allowed per number in any 24 h
+    hours = "08:00-20:00"               # the local calling window; the end is excluded
+
+Each key may also come from the environment, for a whole deployment
+(``DIALER_REGION_CAP_REGIONS`` as a comma-separated list,
+``DIALER_REGION_CAP_MAX_24H``, ``DIALER_REGION_CAP_HOURS``); the campaign's
+table wins over the environment.
 
 The called party's local time comes from the lead's ``timezone`` when the lead
 has one, else from every time zone the number may be in (the window must be
@@ -79,6 +81,10 @@ class Settings:
         return f"{self.start:%H:%M}-{self.end:%H:%M}"
 
 
+KEYS = {"regions": "DIALER_REGION_CAP_REGIONS", "max_24h": "DIALER_REGION_CAP_MAX_24H",
+        "hours": "DIALER_REGION_CAP_HOURS"}
+
+
 def _clock(text: str, var: str) -> time:
     m = re.fullmatch(r"(\d{1,2}):(\d{2})", text.strip())
     if not m or int(m.group(1)) > 23 or int(m.group(2)) > 59:
@@ -87,7 +93,9 @@ def _clock(text: str, var: str) -> time:
 
 
 @functools.lru_cache(maxsize=8)
-def _parse(regions: str, max_24h: str, hours: str) -> Settings:
+def _parse(regions: str, max_24h: str, hours: str, names: tuple[str, str, str]) -> Settings:
+    """Settings from their text forms; ``names`` say where each came from, for the error message."""
+    regions_name, max_name, hours_name = names
     prefixes, codes = [], []
     for item in (x.strip() for x in regions.split(",")):
         if re.fullmatch(r"\+\d{1,15}", item):
@@ -95,25 +103,42 @@ def _parse(regions: str, max_24h: str, hours: str) -> Settings:
         elif re.fullmatch(r"[A-Za-z]{2}", item):
             codes.append(item.upper())
         elif item:
-            raise ValueError(f"DIALER_REGION_CAP_REGIONS: {item!r} is neither an E.164 prefix (+1305) "
-                             "nor a region code (GB)")
+            raise ValueError(f"{regions_name}: {item!r} is neither an E.164 prefix (+1305) nor a region code (GB)")
     if not prefixes and not codes:
-        raise ValueError("DIALER_REGION_CAP_REGIONS: no region given")
+        raise ValueError(f"{regions_name}: no region given")
     if not max_24h.strip().isdigit() or int(max_24h) < 1:
-        raise ValueError(f"DIALER_REGION_CAP_MAX_24H: {max_24h!r} is not a whole number of calls (1 or more)")
+        raise ValueError(f"{max_name}: {max_24h!r} is not a whole number of calls (1 or more)")
     start_text, sep, end_text = hours.partition("-")
     if not sep:
-        raise ValueError(f"DIALER_REGION_CAP_HOURS: {hours!r} is not a window such as 08:00-20:00")
-    start = _clock(start_text, "DIALER_REGION_CAP_HOURS")
-    end = _clock(end_text, "DIALER_REGION_CAP_HOURS")
+        raise ValueError(f"{hours_name}: {hours!r} is not a window such as 08:00-20:00")
+    start = _clock(start_text, hours_name)
+    end = _clock(end_text, hours_name)
     if end <= start:
-        raise ValueError(f"DIALER_REGION_CAP_HOURS: {hours!r} ends before it starts")
+        raise ValueError(f"{hours_name}: {hours!r} ends before it starts")
     return Settings(tuple(prefixes), tuple(codes), int(max_24h), start, end)
 
 
-def settings() -> Settings:
-    """The rule's settings from the environment (defaults: Florida, 3 calls, 08:00-20:00)."""
-    return _parse(*(os.environ.get(var, default) for var, default in DEFAULTS.items()))
+def _table(campaign) -> dict:
+    return dict((getattr(campaign, "plugin", None) or {}).get("region_cap", {}))
+
+
+def settings(campaign=None) -> Settings:
+    """The rule's settings: the campaign's ``[plugin.region_cap]`` table, else the environment, else
+    the defaults (Florida, 3 calls, 08:00-20:00)."""
+    table = _table(campaign)
+    unknown = sorted(set(table) - set(KEYS))
+    if unknown:
+        raise ValueError(f"{unknown[0]}: unknown key (known: {', '.join(KEYS)})")
+    texts, names = [], []
+    for key, var in KEYS.items():
+        if key in table:
+            value = table[key]
+            texts.append(",".join(map(str, value)) if isinstance(value, list) else str(value))
+            names.append(key)
+        else:
+            texts.append(os.environ.get(var, DEFAULTS[var]))
+            names.append(var)
+    return _parse(*texts, tuple(names))
 
 
 def _zones(lead, campaign) -> list[ZoneInfo]:
@@ -134,15 +159,25 @@ def _next_opening(now: float, zone: ZoneInfo, start: time) -> float:
 
 
 @hookimpl
+def dialer_check_settings(campaign) -> list[str] | None:
+    """``dialer check`` and the campaign start report a bad setting by its key, before any dial."""
+    try:
+        settings(campaign)
+    except ValueError as exc:
+        return [str(exc)]
+    return None
+
+
+@hookimpl
 def dialer_campaign_start(campaign, store) -> None:
-    """Refuse to start with settings that do not parse (raises ValueError naming the variable)."""
-    settings()
+    """Refuse to start with settings that do not parse (raises ValueError naming the key)."""
+    settings(campaign)
 
 
 @hookimpl
 def dialer_check_dial(ctx, campaign) -> Veto | None:
     """Veto a dial to a number in the region past its 24 h cap or outside the local window."""
-    s = settings()
+    s = settings(campaign)
     try:
         region = s.region_of(ctx.lead.phone)
     except phonenumbers.NumberParseException as exc:

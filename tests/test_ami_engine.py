@@ -1,0 +1,169 @@
+"""The real engine (``Dialer``) on the asterisk backend against in-process AMI emulators over real TCP:
+opt-out in the abandon message, and one engine driving two Asterisk servers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from engine.clock import SystemClock
+from engine.config import CampaignConfig, campaign_from_dict
+from engine.models import Lead
+from engine.pbx.asterisk import AmiServer, AsteriskBackend, AsteriskConfig
+from engine.pbx.base import PbxError
+from engine.store.memory import MemoryStore
+from simulations.ami_emulator import AmiEmulator, Contexts, default_plan, with_default_options
+from simulations.runner import run_sim_campaign
+
+SECRET_ENV = "DIALER_TEST_AMI_SECRET"
+SECRET = "dialerpass"
+
+
+@pytest.fixture(autouse=True)
+def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+
+
+async def until(pred: Callable[[], bool], limit: float = 10.0) -> None:
+    """Bounded wait for state neither side publishes as an event (emulator journal, store, link state)."""
+    async with asyncio.timeout(limit):
+        while not pred():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+def backend(*ports: int, amd: bool = False) -> AsteriskBackend:
+    return AsteriskBackend(AsteriskConfig(
+        servers=tuple(AmiServer(port=p, secret_env=SECRET_ENV) for p in ports),
+        trunk="Local/{digits}@dialer-outbound/n", amd=amd, action_timeout=2.0, ping_interval=30.0,
+        reconnect_delay=0.02, reconnect_max=0.2, connect_timeout=1.0))
+
+
+def campaign(cid: str, *, agents: int, wrap: str, amd: bool = False) -> CampaignConfig:
+    return campaign_from_dict({
+        "campaign": {"id": cid, "mode": "fixed", "backend": "asterisk", "timezone": "America/New_York"},
+        "hours": {"start": "00:00", "end": "24:00"},
+        "amd": {"enabled": amd},
+        "retry": {"max_attempts": 1},
+        "simulation": {"agents": agents, "leads": 0, "duration": "60s",
+                       "agent": {"wrap_mean": wrap},
+                       "customers": {"sale_rate": 0.0, "refusal_rate": 0.0, "callback_rate": 0.0}},
+    })
+
+
+def leads(cid: str, phones: list[str]) -> list[Lead]:
+    return [Lead(f"L{i:03d}", cid, p, timezone="America/New_York") for i, p in enumerate(phones)]
+
+
+async def dnc(store: MemoryStore, lead: Lead) -> bool:
+    return (await store.dial_context(lead, now=SystemClock().now(), day_key="d")).dnc
+
+
+async def test_an_opt_out_puts_the_number_on_dnc_while_the_call_is_still_up() -> None:
+    """Three people answer at once for two agents who talk longer than the connect limit: one is
+    abandoned, presses 9 in the message, and its number is on DNC before the call has ended."""
+    emu = AmiEmulator(secret=SECRET, time_scale=0.5, plan=with_default_options(default_plan, opt_out_digits="5"),
+                      contexts=Contexts(optout_message_s=3600.0))  # the confirmation never ends on its own
+    await emu.start()
+    store = MemoryStore()
+    cfg = campaign("optout", agents=2, wrap="0.2s")
+    people = leads(cfg.id, ["+12125551005", "+12125551015", "+12125551025"])
+    be = backend(emu.port)
+    run = asyncio.create_task(run_sim_campaign(cfg, leads=people, store=store, backend=be, clock=SystemClock()))
+    try:
+        await until(lambda: len(emu.journal.opt_outs) == 1 or run.done())
+        (cid,) = emu.journal.opt_outs
+        on_dnc: list[Lead] = []
+
+        async def check() -> None:
+            on_dnc[:] = [lead for lead in people if await dnc(store, lead)]
+
+        async with asyncio.timeout(10):
+            while not on_dnc:
+                await check()
+                await asyncio.sleep(0.01)
+        assert len(on_dnc) == 1
+        assert cid in be.in_flight(), "the DNC entry must not wait for the end of the call"
+        assert emu.remote_hangup(cid, 16)
+        async with asyncio.timeout(30):
+            summary = await run
+    finally:
+        if not run.done():
+            run.cancel()
+        await emu.close()
+    rows = {r["lead_id"]: r for r in await store.results(cfg.id)}
+    assert sorted(r["outcome"] for r in rows.values()) == ["abandoned", "connected", "connected"]
+    (opted,) = on_dnc
+    assert rows[opted.lead_id]["call_id"] == cid and rows[opted.lead_id]["disposition"] == "dnc_request"
+    assert emu.journal.abandon_messages == {cid: 1}
+    assert summary["abandoned"] == 1
+    assert [lead for lead in people if await dnc(store, lead)] == [opted]  # the others were connected
+
+
+async def test_two_servers_pin_agents_and_calls_so_every_connect_succeeds() -> None:
+    """One engine, two Asterisk servers: agent sessions and customer legs share one server, so every
+    person is either bridged to the agent the engine chose or abandoned with the message, never left
+    in silence by a connect that crossed servers."""
+    emus = [AmiEmulator(secret=SECRET, time_scale=0.1, plan=with_default_options(default_plan, patience=40.0))
+            for _ in range(2)]
+    ports = [await e.start() for e in emus]
+    cfg = campaign("two-servers", agents=3, wrap="1s", amd=True)
+    phones = [f"+1212555{2000 + i:04d}" for i in range(60)]
+    store = MemoryStore()
+    be = backend(*ports, amd=True)
+    try:
+        async with asyncio.timeout(90):
+            summary = await run_sim_campaign(cfg, leads=leads(cfg.id, phones), store=store, backend=be,
+                                             clock=SystemClock())
+    finally:
+        for e in emus:
+            await e.close()
+    rows = await store.results(cfg.id)
+    home, other = emus
+    assert len(rows) == len(phones) == sum(home.journal.originates.values())
+    assert not other.journal.originates, "a call placed where no agent session lives"
+    by_digit = {"4": {"machine"}, "6": {"no_answer"}, "7": {"no_answer"}, "8": {"busy"}, "9": {"congestion"}}
+    phone_of = {f"L{i:03d}": p for i, p in enumerate(phones)}
+    for r in rows:
+        assert r["outcome"] in by_digit.get(phone_of[r["lead_id"]][-1], {"connected", "abandoned"}), r
+    connected = {r["call_id"]: r["agent_id"] for r in rows if r["outcome"] == "connected"}
+    abandoned = {r["call_id"] for r in rows if r["outcome"] == "abandoned"}
+    assert connected and home.journal.bridged == connected
+    assert dict(home.journal.abandon_messages) == dict.fromkeys(abandoned, 1)
+    assert summary["errors"] == 0
+
+
+async def test_agent_server_down_refuses_rather_than_splitting_the_team() -> None:
+    """While the agents' server is unreachable its sessions may still be up: nothing is placed on the
+    other server, where no agent could take it; once it is back, the sessions and the calls are there."""
+    emus = [AmiEmulator(secret=SECRET, plan=lambda n, v: default_plan("+15550000", v)) for _ in range(2)]
+    ports = [await e.start() for e in emus]
+    home, other = emus
+    be = backend(*ports)
+    events: list[Any] = []
+    await be.start(events.append)
+    try:
+        for agent in ("a1", "a2"):
+            await be.agent_login(agent)
+        assert be.agent_server == f"127.0.0.1:{ports[0]}"
+        assert sum(c.startswith("PJSIP/a") for c in home.channels) == 2 and other.channels == []
+        await home.close()  # the agents' server is gone; its sessions' fate is unknown from here
+        await until(lambda: be.connected_servers == [f"127.0.0.1:{ports[1]}"])
+        from tests.test_ami_backend import attempt
+
+        with pytest.raises(PbxError, match="agents' Asterisk server"):
+            await be.originate(attempt("x1", "+15551000"), ring_timeout=30, caller_id="D <1>")
+        with pytest.raises(PbxError, match="agents' Asterisk server"):
+            await be.agent_login("a3")
+        assert other.journal.originates == {} and other.channels == []
+        await home.start()  # back, restarted: the sessions are gone, and called back together
+        await until(lambda: sorted(c.split("-")[0] for c in home.channels) == ["PJSIP/a1", "PJSIP/a2"])
+        await be.originate(attempt("x2", "+15551000"), ring_timeout=30, caller_id="D <1>")
+        assert be.agent_server == f"127.0.0.1:{ports[0]}" and list(home.journal.originates) == ["x2"]
+        assert other.journal.originates == {} and other.channels == []
+    finally:
+        await be.close()
+        for e in emus:
+            await e.close()
