@@ -187,18 +187,19 @@ def snapshot(*, ready: int = 1, on_call: int | Sequence[float] = (), wrap_up: in
              ringing: int | Sequence[float] = (), waiting: int = 0, previewing: int = 0, paused: int = 0,
              now: float = 0.0, answer_rate: float = 0.25, estimates: Estimates | None = None,
              allowance: float = 0.03, connect_limit: float = 2.0, ring_timeout: float = 25.0,
-             max_dial_ratio: float = 4.0) -> Snapshot:
+             max_dial_ratio: float = 4.0, live: int = 0, abandoned: int = 0) -> Snapshot:
     """The ``Snapshot`` a pacer gets, from plain numbers.
 
     ``on_call``, ``wrap_up`` and ``ringing`` take a count (each with 0 s elapsed) or the
     elapsed seconds of each agent / call: ``snapshot(ready=2, on_call=[30, 95], ringing=3)``.
-    ``estimates`` defaults to fresh ones with the given prior ``answer_rate``.
+    ``estimates`` defaults to fresh ones with the given prior ``answer_rate``; ``live`` and
+    ``abandoned`` are the campaign's counts so far (for a pacer with its own drop feedback).
     """
     return Snapshot(now=now, ready=ready, on_call=_elapsed(on_call), wrap_up=_elapsed(wrap_up),
                     previewing=previewing, paused=paused, ringing=_elapsed(ringing), waiting=waiting,
                     estimates=estimates or Estimates(answer_rate=answer_rate, ring_timeout=ring_timeout),
                     allowance=allowance, connect_limit=connect_limit, ring_timeout=ring_timeout,
-                    max_dial_ratio=max_dial_ratio)
+                    max_dial_ratio=max_dial_ratio, live=live, abandoned=abandoned)
 
 
 class DialAll:

@@ -22,14 +22,12 @@ from engine.pacing import (
 from engine.pacing.estimates import AnswerRate, Histogram, exponential_prior
 from engine.pacing.predictive import normal_sf
 from engine.store.base import AbandonCounts
+from engine.testing import snapshot
 
 
 def snap(**kw) -> Snapshot:
-    base = dict(now=0.0, ready=0, on_call=(), wrap_up=(), previewing=0, paused=0, ringing=(), waiting=0,
-                estimates=Estimates(answer_rate=0.25), allowance=0.03, connect_limit=2.0, ring_timeout=25.0,
-                max_dial_ratio=4.0)
-    base.update(kw)
-    return Snapshot(**base)
+    """The shipped snapshot builder, with nobody ready unless said and a prior answer rate of 0.25."""
+    return snapshot(**{"ready": 0, "answer_rate": 0.25, **kw})
 
 
 def test_progressive_one_call_per_ready_agent():

@@ -18,6 +18,7 @@ from engine.pacing.estimates import AnswerRate
 from engine.pacing.predictive import fast_sf, normal_sf
 from engine.pbx.sim import CallPlan, _Call
 from engine.store.base import AbandonCounts
+from engine.testing import snapshot
 from simulations.agents import SimDesk
 from simulations.baselines import ClassicForecastPacer, FixedRatioPacer, OraclePacer, VicidialPacer
 from simulations.bench_pacing import closed_form_progressive
@@ -28,11 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def snap(**kw) -> Snapshot:
-    base = dict(now=0.0, ready=0, on_call=(), wrap_up=(), previewing=0, paused=0, ringing=(), waiting=0,
-                estimates=Estimates(answer_rate=0.3), allowance=0.03, connect_limit=2.0, ring_timeout=25.0,
-                max_dial_ratio=4.0)
-    base.update(kw)
-    return Snapshot(**base)
+    """The shipped snapshot builder, with nobody ready unless said and a prior answer rate of 0.3."""
+    return snapshot(**{"ready": 0, "answer_rate": 0.3, **kw})
 
 
 # -- estimators ---------------------------------------------------------------------------
