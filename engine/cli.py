@@ -457,6 +457,62 @@ def cmd_report_compliance(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- dialer store ---------------------------------------------------------------------------
+
+
+def _shared_store(args: argparse.Namespace) -> tuple[CampaignConfig, Any] | int:
+    """The campaign's Redis store, or an exit code when it has none (or runs on development keys)."""
+    cfg = _load(args.campaign)
+    if cfg.campaign.store == "memory":
+        print(f"{args.campaign}: campaign.store is \"memory\": nothing outlives a run there; this command "
+              "works on a shared (Redis) store", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    keys = _development_keys(cfg)
+    if keys and os.environ.get("DIALER_ALLOW_DEVELOPMENT_KEYS") != "1":
+        print(f"{args.campaign}: {keys}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return cfg, _build_store(cfg)
+
+
+def cmd_store_dnc_load(args: argparse.Namespace) -> int:
+    """Bulk-load a DNC file into the global list (every campaign, every node) or the campaign's own."""
+    opened = _shared_store(args)
+    if isinstance(opened, int):
+        return opened
+    cfg, store = opened
+    if not Path(args.file).is_file():
+        print(f"{args.file}: file not found", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    async def load() -> int:
+        try:
+            return await store.load_dnc_file(args.file, cfg.id if args.campaign_list else None)
+        finally:
+            await store.close()
+
+    added = asyncio.run(load())
+    where = f"campaign {cfg.id}'s DNC list" if args.campaign_list else "the global DNC list (every campaign)"
+    print(f"{args.file}: {added} numbers added to {where}")
+    return EXIT_OK
+
+
+def cmd_store_reencrypt(args: argparse.Namespace) -> int:
+    """Key rotation, step 2 (engine/crypto.py): rewrite every lead record not under the current data key."""
+    opened = _shared_store(args)
+    if isinstance(opened, int):
+        return opened
+    cfg, store = opened
+
+    async def rewrite() -> int:
+        try:
+            return await store.reencrypt(cfg.id)
+        finally:
+            await store.close()
+
+    print(f"campaign {cfg.id}: {asyncio.run(rewrite())} lead records re-encrypted under the current key")
+    return EXIT_OK
+
+
 # -- dialer pbx-emulator ------------------------------------------------------------------
 
 
@@ -547,6 +603,23 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("--rejects", help="where to write the reject report (default: FILE.rejects.csv)")
     li.add_argument("--output", help="also write the cleaned leads as JSONL (usable with `dialer run --leads`)")
     li.set_defaults(func=cmd_leads_import)
+
+    st = sub.add_parser("store", help="a shared (Redis) store: DNC lists, key rotation")
+    st_sub = st.add_subparsers(dest="store_command", required=True, metavar="ACTION")
+    sd = st_sub.add_parser("dnc-load", help="bulk-load a do-not-call file",
+                           description="Load a DNC file (one E.164 number per line; blank lines and # comments "
+                           "skipped; other lines counted and warned about) into the global list, which every "
+                           "campaign and node checks atomically before each dial, or into the campaign's own.")
+    sd.add_argument("file")
+    sd.add_argument("--campaign", required=True, help="campaign TOML file (gives the store)")
+    sd.add_argument("--campaign-list", action="store_true", help="the campaign's own list instead of the global")
+    sd.set_defaults(func=cmd_store_dnc_load)
+    se = st_sub.add_parser("reencrypt", help="re-encrypt lead records under the current data key",
+                           description="Key rotation, step 2: after putting the new key first in DIALER_DATA_KEY "
+                           "(new,old) and restarting the nodes, rewrite every lead record still under an old key; "
+                           "then the old key can be dropped.")
+    se.add_argument("campaign", help="campaign TOML file")
+    se.set_defaults(func=cmd_store_reencrypt)
 
     rp = sub.add_parser("report", help="reports on a campaign (results, compliance)")
     rp_sub = rp.add_subparsers(dest="report_command", required=True, metavar="REPORT")

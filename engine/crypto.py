@@ -21,7 +21,8 @@ Rotation, with no downtime:
 1. put the new key first and keep the old one after it
    (``DIALER_DATA_KEY=<new>,<old>``) and restart the nodes: new records are
    written under the new key, old ones still decrypt;
-2. re-encrypt the old records: ``RedisStore.reencrypt(campaign_id)`` rewrites
+2. re-encrypt the old records: ``dialer store reencrypt CAMPAIGN.toml``
+   (``RedisStore.reencrypt(campaign_id)``) rewrites
    every lead whose token does not carry the current key id
    (``FieldCipher.needs_rotation`` tells them apart);
 3. once nothing carries the old key id, drop the old key from the list.

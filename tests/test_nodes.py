@@ -460,3 +460,48 @@ def test_a_number_found_invalid_by_a_call_does_not_come_back_with_the_next_impor
     assert f"{leads}:3: phone: number found invalid on an earlier call" in again.stderr
     rejects = (tmp_path / "leads.rejects.csv").read_text()
     assert "number found invalid on an earlier call" in rejects
+
+
+def test_store_commands_load_a_dnc_file_and_rotate_the_data_key(tmp_path: Path, redis_url: str) -> None:
+    cfg = campaign(tmp_path, redis_url, "ops")
+    dnc = tmp_path / "dnc.txt"
+    dnc.write_text(f"# national list extract\n{number(1)}\n{number(2)}\n\n2125550100\n")
+    loaded = dialer("store", "dnc-load", str(dnc), "--campaign", str(cfg))
+    assert loaded.returncode == 0 and "2 numbers added to the global DNC list" in loaded.stdout, loaded.stderr
+    assert "not E.164" in loaded.stderr and "2125550100" not in loaded.stderr  # counted, never shown
+    own = dialer("store", "dnc-load", str(dnc), "--campaign", str(cfg), "--campaign-list")
+    assert own.returncode == 0 and "campaign shared's DNC list" in own.stdout
+
+    async def listed(store: RedisStore) -> tuple[list[bool], list[bool]]:
+        return (await store.dnc_contains([number(1), number(2), number(3)]),
+                await store.dnc_contains([number(3)], campaign_id="shared"))
+
+    assert store_call(listed, redis_url, "ops") == ([True, True, False], [False])
+
+    # rotation: leads written under the old key; the new key first, the old one after it; rewrite; drop the old
+    leads = write_leads(tmp_path, [(f"L{i}", number(i), "UTC") for i in range(3, 6)])
+    assert dialer("leads", "import", str(leads), "--campaign", str(cfg)).returncode == 0
+    new_key = "5a" * 32
+    rotate_env = {**ENV, "DIALER_DATA_KEY": f"{new_key},{DATA_KEY}"}
+    done = subprocess.run([*DIALER, "store", "reencrypt", str(cfg)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=GUARD_S, env=rotate_env)
+    assert done.returncode == 0 and "campaign shared: 3 lead records re-encrypted" in done.stdout, done.stderr
+
+    async def claim_with_the_new_key_only(url: str) -> list[str]:
+        from engine.crypto import FieldCipher
+
+        store = RedisStore(url, prefix="ops", cipher=FieldCipher(bytes.fromhex(new_key)))
+        try:
+            return sorted(x.phone for x in await store.claim_leads("shared", 9, now=time.time(), node_id="t",
+                                                                    lease_s=60))
+        finally:
+            await store.close()
+
+    assert asyncio.run(claim_with_the_new_key_only(redis_url)) == [number(3), number(4), number(5)]
+
+
+def test_store_commands_need_a_shared_store(tmp_path: Path) -> None:
+    cfg = tmp_path / "memory.toml"
+    cfg.write_text('[campaign]\nid = "m"\n')
+    done = dialer("store", "reencrypt", str(cfg))
+    assert done.returncode == 2 and "works on a shared (Redis) store" in done.stderr
