@@ -656,10 +656,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _emulator_at(argv: list[str]) -> int | None:
+    """Where ``pbx-emulator`` stands as the command (after global options only), or None."""
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "pbx-emulator":
+            return i
+        if token == "--log-level":
+            i += 2
+        elif token == "--log-json" or token.startswith("--log-level="):
+            i += 1
+        else:
+            return None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if "pbx-emulator" in argv:  # its own parser: every option after the command goes through untouched
-        at = argv.index("pbx-emulator")
+    at = _emulator_at(argv)
+    if at is not None:  # its own parser: every option after the command goes through untouched
         head = build_parser().parse_args([*argv[:at], "check", "-"])  # the global options before it
         logs.configure(head.log_level, json=True if head.log_json else None)
         from simulations import ami_emulator

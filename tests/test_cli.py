@@ -67,6 +67,14 @@ def test_help_lists_every_command():
     assert "--leads" in run_help and "--realtime" in run_help and "SIGINT" in run_help
 
 
+def test_the_emulator_takes_its_own_options_after_the_global_ones():
+    out = dialer("--log-level", "warning", "pbx-emulator", "--help")
+    assert out.returncode == 0 and "--time-scale" in out.stdout and "--scenario" in out.stdout
+    # a value that happens to read "pbx-emulator" is not the command
+    other = dialer("check", "pbx-emulator")
+    assert other.returncode == 2 and "file not found" in other.stderr
+
+
 def test_check_accepts_the_example_and_refuses_a_bad_file(tmp_path):
     ok = dialer("check", "config/example.toml")
     assert ok.returncode == 0 and "OK" in ok.stdout
