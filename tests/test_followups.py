@@ -66,6 +66,35 @@ def test_a_same_agent_follow_up_reaches_the_agent_who_agreed_it(vrun, monkeypatc
     assert [(r["agent_id"], r["follow_up"]) for r in rows] == [("A1", False), ("A1", True)]
 
 
+def test_a_follow_up_due_before_the_window_opens_is_dialled_when_it_opens_in_the_persons_zone(vrun, monkeypatch):
+    # The run starts at 09:00 in New York; the lead lives in Los Angeles (06:00 there), so the first call
+    # waits for 08:00 Pacific. The callback asked for 23 h later falls at 07:00 Pacific: the gate holds
+    # it until the window opens there, not in the campaign's zone.
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    import plugins.compliance as compliance
+    import simulations.agents as sim_agents
+
+    dispositions = iter(["callback", "sale"])
+
+    async def wrap(self, agent, call):
+        return next(dispositions)
+
+    monkeypatch.setattr(sim_agents.SimDesk, "wrap_up", wrap)
+    cfg = campaign(campaign={"id": "t", "mode": "progressive", "timezone": "America/New_York"},
+                   dispositions={"callback": {"follow_up": "23h"}})
+    leads = [Lead("L1", "t", "+13105550001", timezone="America/Los_Angeles")]
+    _, _, store = vrun(run_script(cfg, {"L1": human(after=3, talk=30)}, leads=leads,
+                                  plugins=[followups, compliance], until=2 * DAY))
+    rows = vrun(store.results("t"))
+    la = ZoneInfo("America/Los_Angeles")
+    local = [datetime.fromisoformat(r["started"]).astimezone(la) for r in rows]
+    assert [(r["disposition"], r["follow_up"]) for r in rows] == [("callback", False), ("sale", True)]
+    assert (local[0].day, local[0].hour) == (5, 8)  # first call: when the window opened in LA
+    assert (local[1].day, local[1].hour) == (6, 8) and local[1].minute < 5  # due 07:00 LA, dialled at 08:00 LA
+
+
 def test_the_preferred_agent_only_when_ready():
     from engine.agents import AgentPool
     from engine.models import Agent
