@@ -658,8 +658,12 @@ class Dialer:
         next_at = next_attempt_at(self.cfg, outcome, call.disposition, call.lead.attempts + 1, wall, call.lead)
         if next_at is not None:
             next_at = self._retry_moved(call, outcome, next_at, log)
-        if self.results is not None:
-            self.results.write(result.as_row())
+        if self.results is not None:  # first: the one record left if the store stays down past shutdown
+            try:
+                self.results.write(result.as_row())
+            except (OSError, ValueError) as exc:  # a full disk must not cost the store's record too
+                self.counters.errors += 1
+                log.error("results file write failed; the result goes to the store", error=repr(exc))
         abandoned, live = outcome == Outcome.ABANDONED, outcome.live
         if self._amd_false_positive(call, outcome):
             abandoned = live = True  # counted, campaign-wide, as the person AMD took for a machine
@@ -787,7 +791,14 @@ class Dialer:
             tier=call.lead.tier,
             customer_type=call.lead.attributes.get("customer_type"),
             follow_up=bool(call.lead.attributes.get("follow_up_due")),
+            local_hour=self._local_hour(call),
         )
+
+    def _local_hour(self, call: CallAttempt) -> int | None:
+        """The dial's hour where the called party lives (the lead's zone, else the campaign's)."""
+        if call.wall_started is None:
+            return None
+        return call.wall_started.astimezone(_zone(call.lead.timezone or self.cfg.campaign.timezone)).hour
 
     def _summarize(self) -> dict[str, Any]:
         out = summarize(self.counters, self.pool.totals(), len(self.pool.agents),

@@ -216,6 +216,7 @@ class CallResult:
     tier: int = 1
     customer_type: str | None = None
     follow_up: bool = False  # this attempt was a follow-up task coming due
+    local_hour: int | None = None  # hour of the dial in the called party's time zone (best time to call)
 
     def as_row(self) -> dict[str, Any]:
         return {
@@ -236,6 +237,7 @@ class CallResult:
             "tier": self.tier,
             "customer_type": self.customer_type,
             "follow_up": self.follow_up,
+            "local_hour": self.local_hour,
         }
 
 

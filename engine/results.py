@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import IO, Any
 
 FIELDS = ["call_id", "campaign_id", "lead_id", "attempt_no", "outcome", "cause", "disposition", "agent_id",
-          "answer_kind", "started", "ring_s", "wait_s", "talk_s", "phone", "tier", "customer_type", "follow_up"]
+          "answer_kind", "started", "ring_s", "wait_s", "talk_s", "phone", "tier", "customer_type", "follow_up",
+          "local_hour"]
 
 
 class ResultWriter:

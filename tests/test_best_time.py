@@ -3,6 +3,8 @@ the hour the list answers best, never earlier than the retry rules allow."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -11,6 +13,7 @@ import pytest
 import plugins.ranking as ranking
 from engine.hooks import hookimpl
 from engine.models import Q850, CallAttempt, CallResult, Outcome
+from engine.store.memory import MemoryStore
 from engine.testing import campaign, lead, run_script, unanswered
 from plugins.ranking.besttime import HourlyRates
 
@@ -67,7 +70,7 @@ def _call(hour: int, outcome: Outcome, cfg, n: int) -> tuple[CallAttempt, CallRe
 
 def test_the_ranking_plugin_learns_from_calls_and_moves_only_unanswered_retries():
     cfg = campaign(ranking={"best_time": True, "best_time_min_dials": 20})
-    ranking.dialer_campaign_start(campaign=cfg)
+    asyncio.run(ranking.dialer_campaign_start(campaign=cfg, store=MemoryStore()))
     n = 0
     for hour, live_share in ((10, 0.1), (17, 0.5)):
         for i in range(40):
@@ -84,8 +87,8 @@ def test_the_ranking_plugin_learns_from_calls_and_moves_only_unanswered_retries(
     # off unless the campaign asks for it
     off = campaign()
     assert ranking.dialer_next_attempt(call=call, outcome=Outcome.NO_ANSWER, proposed=proposed, campaign=off) is None
-    # a new run starts from nothing
-    ranking.dialer_campaign_start(campaign=cfg)
+    # a new run starts from what its store remembers: nothing here
+    asyncio.run(ranking.dialer_campaign_start(campaign=cfg, store=MemoryStore()))
     assert ranking.dialer_next_attempt(call=call, outcome=Outcome.NO_ANSWER, proposed=proposed,
                                        campaign=cfg) is None
 
@@ -110,3 +113,25 @@ def test_the_engine_takes_a_later_retry_time_and_ignores_an_earlier_one(vrun, by
     assert [r["attempt_no"] for r in rows] == [1, 2]
     first, second = (datetime.fromisoformat(r["started"]).timestamp() for r in rows)
     assert gap <= second - first <= gap + 120  # due at the gap, claimed on a following pacing round
+
+
+async def test_a_new_run_starts_from_the_hours_its_store_remembers():
+    # Results of earlier runs (any node) carry the called party's local hour; the next run starts there.
+    cfg = campaign(ranking={"best_time": True, "best_time_min_dials": 20})
+    store = MemoryStore()
+    n = 0
+    for hour, live_share in ((10, 0.1), (17, 0.5)):
+        for i in range(40):
+            n += 1
+            outcome = Outcome.CONNECTED if i < live_share * 40 else Outcome.NO_ANSWER
+            call, result = _call(hour, outcome, cfg, n)
+            the_lead = call.lead
+            await store.add_leads([the_lead])
+            [claimed] = await store.claim_leads("t", 1, now=at(9), node_id="n", lease_s=60)
+            call.lead = claimed
+            await store.finish_attempt(call, dataclasses.replace(result, local_hour=hour), now=at(hour),
+                                       next_eligible=None, abandoned=False, live=outcome.live)
+    await ranking.dialer_campaign_start(campaign=cfg, store=store)
+    call, _ = _call(10, Outcome.NO_ANSWER, cfg, 999)
+    assert ranking.dialer_next_attempt(call=call, outcome=Outcome.NO_ANSWER, proposed=at(10, minute=30),
+                                       campaign=cfg) == at(17)

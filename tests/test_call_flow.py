@@ -266,3 +266,17 @@ def test_decision_time_is_reported(vrun):
     cfg = campaign(retry={"max_attempts": 1})
     _, summary, _ = vrun(run_script(cfg, {"L1": human(), "L2": human()}))
     assert summary["decision_ms"]["n"] == 2 and summary["decision_ms"]["p99"] >= summary["decision_ms"]["p50"] > 0
+
+
+def test_a_results_file_that_cannot_be_written_loses_no_call(vrun, tmp_path):
+    from engine.results import ResultWriter
+
+    class FullDisk(ResultWriter):
+        def write(self, row):
+            raise OSError(28, "No space left on device")
+
+    cfg = campaign(retry={"max_attempts": 1})
+    writer = FullDisk(tmp_path, "full", ["csv"])
+    _, summary, store = vrun(run_script(cfg, {"L1": human(talk=30)}, results=writer))
+    assert [r["outcome"] for r in vrun(store.results("t"))] == ["connected"]  # the store has it
+    assert vrun(store.lead_counts("t"))["done"] == 1 and summary["errors"] == 1

@@ -25,6 +25,8 @@ from plugins.ranking.besttime import HourlyRates
 _ANSWER_EVIDENCE = frozenset({Outcome.CONNECTED, Outcome.ABANDONED, Outcome.CUSTOMER_HANGUP, Outcome.NO_ANSWER,
                               Outcome.BUSY, Outcome.MACHINE})
 _UNREACHED = frozenset({Outcome.NO_ANSWER, Outcome.BUSY, Outcome.MACHINE})
+_EVIDENCE_VALUES = frozenset(o.value for o in _ANSWER_EVIDENCE)
+_LIVE_VALUES = frozenset(o.value for o in _ANSWER_EVIDENCE if o.live)
 _rates: dict[str, HourlyRates] = {}  # campaign id -> what this process has learnt this run
 
 
@@ -108,9 +110,17 @@ def _zone(lead: Lead, campaign: Any) -> ZoneInfo:
 
 
 @hookimpl
-def dialer_campaign_start(campaign: Any) -> None:
-    if campaign.ranking.best_time:
-        _rates[campaign.id] = HourlyRates()  # a run learns from its own calls only
+async def dialer_campaign_start(campaign: Any, store: Any) -> None:
+    """Start from what the store remembers of earlier runs (a shared store: every node's calls),
+    then learn from this run's own calls as they end."""
+    if not campaign.ranking.best_time:
+        return
+    rates = _rates[campaign.id] = HourlyRates()
+    for row in await store.results(campaign.id):
+        hour, outcome = row.get("local_hour"), row.get("outcome")
+        if hour in (None, "") or outcome not in _EVIDENCE_VALUES:
+            continue
+        rates.observe(int(hour), outcome in _LIVE_VALUES)
 
 
 @hookimpl
@@ -118,7 +128,9 @@ def dialer_after_call(call: Any, result: Any, campaign: Any) -> None:
     rates = _rates.get(campaign.id) if campaign.ranking.best_time else None
     if rates is None or call.wall_started is None or result.outcome not in _ANSWER_EVIDENCE:
         return
-    rates.observe(call.wall_started.astimezone(_zone(call.lead, campaign)).hour, result.outcome.live)
+    hour = result.local_hour if result.local_hour is not None else \
+        call.wall_started.astimezone(_zone(call.lead, campaign)).hour
+    rates.observe(hour, result.outcome.live)
 
 
 @hookimpl

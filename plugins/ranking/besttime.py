@@ -8,8 +8,9 @@ every retry there; a retry is moved only when an hour has enough calls on both s
 proposed time by a clear margin, and only later, never earlier (the retry delays and the compliance
 gate still hold).
 
-Learnt per engine process (each node learns from the calls it makes); results read back from a store
-seed it through :meth:`HourlyRates.observe`.
+A run starts from the results its store remembers (each row carries the dial's hour in the called
+party's zone, ``local_hour``: on a Redis store, every earlier run and every node), then learns from its
+own calls as they end.
 """
 
 from __future__ import annotations
