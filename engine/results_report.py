@@ -1,5 +1,6 @@
-"""Campaign results report: contacts by tier and customer type, conversion, follow-ups, and the day
-hour by hour (dials, live answers, abandons, the abandon rate so far against the target).
+"""Campaign results report: contacts by tier and customer type, conversion, follow-ups, each agent's
+calls, conversions and talk time, and the day hour by hour (dials, live answers, abandons, the abandon
+rate so far against the target).
 
 Read from the results files (CSV or JSONL) the engine writes, so it works the
 same for a finished simulated demo and for a production campaign.
@@ -59,6 +60,27 @@ def by_hour(rows: list[dict[str, Any]], cfg: CampaignConfig) -> list[dict[str, A
     return out
 
 
+def by_agent(rows: list[dict[str, Any]], success: set[str]) -> dict[str, dict[str, Any]]:
+    """Per agent: calls taken, conversions and their rate, talk minutes and the mean call -- what a
+    supervisor coaches on. Only calls an agent took (connected) count."""
+    agents: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        agent = r.get("agent_id")
+        if not agent or r.get("outcome") != "connected":
+            continue
+        a = agents.setdefault(str(agent), {"calls": 0, "conversions": 0, "talk_s": 0.0})
+        a["calls"] += 1
+        a["conversions"] += r.get("disposition") in success
+        try:
+            a["talk_s"] += float(r.get("talk_s") or 0.0)
+        except ValueError:
+            pass
+    return {name: {"calls": a["calls"], "conversions": a["conversions"],
+                   "conversion_rate": round(a["conversions"] / a["calls"], 4),
+                   "talk_min": round(a["talk_s"] / 60, 1), "mean_call_s": round(a["talk_s"] / a["calls"], 1)}
+            for name, a in sorted(agents.items())}
+
+
 def summarize_results(rows: list[dict[str, Any]], cfg: CampaignConfig) -> dict[str, Any]:
     success = {name for name, d in cfg.dispositions.items() if d.success}
     creates = {name for name, d in cfg.dispositions.items() if d.follow_up is not None or d.customer_follow_ups}
@@ -97,6 +119,7 @@ def summarize_results(rows: list[dict[str, Any]], cfg: CampaignConfig) -> dict[s
         "by_customer_type": {k: rates(v) for k, v in sorted(by_type.items())},
         "follow_ups": follow_ups,
         "by_hour": by_hour(rows, cfg),
+        "by_agent": by_agent(rows, success),
         "abandon_target": cfg.abandon.target / 100.0,
     }
 
@@ -115,6 +138,12 @@ def format_results_report(report: dict[str, Any]) -> str:
         lines.append(row(f"type {k}", v))
     f = report["follow_ups"]
     lines.append(f"follow-ups: {f['created']} created, {f['attempted']} dialled when due, {f['completed']} completed")
+    if report.get("by_agent"):
+        lines += ["", f"{'agent':<18}{'calls':>8}{'conversions':>13}{'conv. rate':>12}{'talk min':>10}"
+                      f"{'mean call s':>13}"]
+        for name, a in report["by_agent"].items():
+            lines.append(f"{name:<18}{a['calls']:>8}{a['conversions']:>13}{a['conversion_rate'] * 100:>11.1f}%"
+                         f"{a['talk_min']:>10}{a['mean_call_s']:>13}")
     if report.get("by_hour"):
         lines += ["", f"{'hour':<18}{'dials':>8}{'live':>8}{'contacts':>10}{'abandoned':>11}{'rate so far':>13}"]
         for h in report["by_hour"]:

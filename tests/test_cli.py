@@ -265,6 +265,13 @@ def test_demo_with_tiers_and_its_results_report(tmp_path):
     live = sum(h["live"] for h in hours)
     abandoned = sum(h["abandoned"] for h in hours)
     assert hours[-1]["abandon_rate_so_far"] == pytest.approx(abandoned / live, abs=1e-4)
+    # per agent: the calls each took add up to the contacts, and so do conversions and talk time
+    agents = report["by_agent"]
+    assert len(agents) == 10 and sum(a["calls"] for a in agents.values()) == report["total"]["contacts"]
+    assert sum(a["conversions"] for a in agents.values()) == report["total"]["conversions"]
+    rows = list(csv.DictReader(Path(csv_path).read_text(encoding="utf-8").splitlines()))
+    talk = sum(float(r["talk_s"]) for r in rows if r["outcome"] == "connected" and r["talk_s"])
+    assert sum(a["talk_min"] for a in agents.values()) == pytest.approx(talk / 60, abs=0.1 * len(agents))
     chart = tmp_path / "day.png"
     drawn = dialer("report", "results", "config/demo_tiers.toml", csv_path, "--chart", str(chart))
     assert drawn.returncode == 0, drawn.stderr
