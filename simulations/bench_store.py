@@ -19,8 +19,6 @@ import asyncio
 import os
 import random
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,51 +36,12 @@ from engine.store.base import Caps
 from engine.store.memory import MemoryStore
 from engine.store.redis import BUCKET_BITS, RedisStore
 from engine.testing import campaign
+from simulations.redis_proc import RedisServer
 
 NOW = 1_767_632_400.0  # Monday 2026-01-05 12:00 in New York: the calling window is open
 DAY_KEY = "2026-01-05"
 CAPS = Caps(per_day=10**6, per_24h=10**6, lifetime=10**6, lock_s=600.0)
 BUILT_IN = ["plugins.compliance", "plugins.ranking", "plugins.risk", "plugins.followups"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LocalRedis:
-    """A throw-away redis-server on a free loopback port (no persistence)."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise SystemExit("redis-server is not installed (apt-get install redis-server)")
-        self.port = _free_port()
-        self.dir = tempfile.mkdtemp(prefix="bench-redis-")
-        self.proc = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", self.dir],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise SystemExit("redis-server did not start") from None
-                time.sleep(0.05)
-        client.close()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -199,7 +158,7 @@ async def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dnc", type=int, default=1_000_000, help="numbers in the DNC footprint test (0: skip)")
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))  # warnings and up only
-    server = LocalRedis()
+    server = RedisServer().start()
     try:
         ping = await ping_baseline(server.url)
         memory = await bench_store(MemoryStore(), args.leads, args.concurrency)

@@ -481,11 +481,11 @@ async def run_flood(opts: FloodOptions, *, out: Any = sys.stderr) -> Figures:
     os.environ[SECRET_ENV] = secret  # the backend reads it from the environment, never from argv
     redis_server = None
     if opts.store == "redis" and not opts.redis_url:
-        from simulations.bench_store import LocalRedis
+        from simulations.redis_proc import RedisServer
 
-        redis_server = LocalRedis()
-        # redis-py's asyncio pool refuses a 101st connection (MaxConnectionsError, which the store
-        # reports as "unavailable"): a flood starts hundreds of store operations at once.
+        redis_server = RedisServer().start()
+        # A flood starts hundreds of store operations at once: more connections than the store's
+        # default pool (they would wait their turn, not fail).
         opts.redis_url = redis_server.url + "?max_connections=2000"
     # SIGTERM as SIGINT: unwind through the finally below, so no emulator or redis-server is orphaned.
     loop = asyncio.get_running_loop()
