@@ -51,6 +51,8 @@ class AgentPool:
         self._ready: dict[str, OrderedDict[str, Agent]] = {g: OrderedDict() for g in self.groups}  # longest idle first
         self._waiters: dict[str, deque[asyncio.Future[Agent | None]]] = {g: deque() for g in self.groups}
         self.time_in: dict[str, dict[AgentState, float]] = {a: {} for a in self.agents}
+        self.no_session: set[str] = set()  # agents whose PBX session is down: they take no call
+        self._session_paused: set[str] = set()  # paused by the pool for that reason (not on a break)
 
     # -- state changes ------------------------------------------------------------------
 
@@ -75,14 +77,59 @@ class AgentPool:
         agent = self.agents[agent_id]
         if agent.state in (AgentState.ON_CALL,):
             raise AgentStateError(f"agent {agent_id} is on a call; log out after wrap-up")
+        self._session_paused.discard(agent_id)
         if agent.state != AgentState.LOGGED_OUT:
             self._move(agent, AgentState.LOGGED_OUT)
 
     def pause(self, agent_id: str) -> None:
+        """A pause the desk asked for (a break). An agent already paused for a lost session is now on
+        that break instead: the session coming back will not end it, only the desk's ``make_ready``."""
+        if agent_id in self._session_paused:
+            self._session_paused.discard(agent_id)
+            return
         self._move(self.agents[agent_id], AgentState.PAUSED)
 
+    # -- PBX sessions ----------------------------------------------------------------------
+
+    def session_lost(self, agent_id: str) -> bool:
+        """The agent's PBX session is gone, so a connect to them would fail: they take no call until
+        :meth:`session_back`. A ready agent is paused now; one on a call, in wrap-up or previewing is
+        left alone and paused instead of made ready when that ends; one on a break stays on it.
+        False if nothing changed (unknown agent, already lost)."""
+        agent = self.agents.get(agent_id)
+        if agent is None or agent_id in self.no_session:
+            return False
+        self.no_session.add(agent_id)
+        if agent.state == AgentState.READY:
+            self._move(agent, AgentState.PAUSED)
+            self._session_paused.add(agent_id)
+        return True
+
+    def session_back(self, agent_id: str) -> bool:
+        """The session is up again: an agent the pool paused for its loss is ready again; a break, a call
+        or a wrap-up goes on as it was. False if nothing changed."""
+        if agent_id not in self.no_session:
+            return False
+        self.no_session.discard(agent_id)
+        if agent_id in self._session_paused:
+            self._session_paused.discard(agent_id)
+            agent = self.agents[agent_id]
+            if agent.state == AgentState.PAUSED:
+                self.make_ready(agent)
+        return True
+
     def make_ready(self, agent: Agent) -> None:
-        """The agent can take a call: give them to the oldest waiting answer, else queue them."""
+        """The agent can take a call: give them to the oldest waiting answer, else queue them.
+
+        Without a PBX session (:meth:`session_lost`) they are paused instead, until it is back: the end
+        of a call, a wrap-up or a break cannot make an agent ready whom no call could reach."""
+        if agent.agent_id in self.no_session:
+            if agent.state != AgentState.PAUSED:
+                if AgentState.PAUSED not in _ALLOWED[agent.state]:
+                    self._move(agent, AgentState.READY)  # e.g. ON_CALL, handed back unused: via READY
+                self._move(agent, AgentState.PAUSED)
+            self._session_paused.add(agent.agent_id)
+            return
         if agent.state != AgentState.READY:
             self._move(agent, AgentState.READY)
         group = self.group_of[agent.agent_id]

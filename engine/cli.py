@@ -160,9 +160,13 @@ async def _run_campaign(cfg: CampaignConfig, args: argparse.Namespace, console: 
     try:
         async with asyncio.TaskGroup() as tg:
             status = tg.create_task(status_when_ready()) if not args.quiet else None
-            summary = await run_sim_campaign(cfg, leads=leads, store=store, results=results,
-                                             node_id=args.node_id, on_dialer=attach,
-                                             until=args.until, backend=backend, clock=clock)
+            if cfg.agents.desk == "api":  # real people over the agent API (docs/agent-api.md)
+                summary = await _run_with_agent_api(cfg, args, leads=leads, store=store, results=results,
+                                                    on_dialer=attach, backend=backend, clock=clock)
+            else:
+                summary = await run_sim_campaign(cfg, leads=leads, store=store, results=results,
+                                                 node_id=args.node_id, on_dialer=attach,
+                                                 until=args.until, backend=backend, clock=clock)
             if status is not None:
                 status.cancel()
         summary["compliance"] = await _write_compliance(cfg, store, holder["dialer"].clock.now(), results)
@@ -172,6 +176,20 @@ async def _run_campaign(cfg: CampaignConfig, args: argparse.Namespace, console: 
         await store.close()
     summary["results"] = {k: str(v) for k, v in results.paths.items()}
     return summary
+
+
+async def _run_with_agent_api(cfg: CampaignConfig, args: argparse.Namespace, **kwargs: Any) -> dict[str, Any]:
+    """The campaign worked by the people of the token roster, through the agent API."""
+    from engine.agent_api.run import audit_path, run_api_campaign
+    from engine.agent_api.tokens import Roster
+    from engine.audit import AuditLog
+    from engine.clock import SystemClock
+
+    audit = AuditLog(audit_path(cfg, args.results), clock=SystemClock().now)
+    print(f"agent API on http://{cfg.agents.host}:{cfg.agents.port}/api/v1 (audit log: {audit.path})",
+          file=sys.stderr)
+    return await run_api_campaign(cfg, roster=Roster.from_settings(cfg.agents), audit=audit,
+                                  node_id=args.node_id, until=args.until, **kwargs)
 
 
 def _windows(cfg: CampaignConfig) -> list[float]:
@@ -286,6 +304,15 @@ def _check_runnable(cfg: CampaignConfig, path: str, args: argparse.Namespace) ->
     keys = _development_keys(cfg)
     if keys:
         return f"{path}: {keys}; for a lab run only, DIALER_ALLOW_DEVELOPMENT_KEYS=1"
+    if cfg.agents.desk == "api":
+        from engine.agent_api.tokens import Roster, TokenError
+
+        if not args.realtime:
+            return f"{path}: agents.desk = \"api\": real people work in real time: add --realtime"
+        try:
+            Roster.from_settings(cfg.agents)
+        except TokenError as exc:
+            return f"{path}: {exc}"
     if not args.realtime and (cfg.campaign.backend != "sim" or cfg.campaign.store != "memory"):
         what = "backend " + repr(cfg.campaign.backend) if cfg.campaign.backend != "sim" \
             else "store " + repr(cfg.campaign.store)
@@ -328,6 +355,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         summary = run_virtual(_run_campaign(cfg, args, console))
     _report(summary, args, Console())
+    if summary.get("failed"):
+        print(f"{args.campaign}: the run stopped itself: {summary['failed']}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

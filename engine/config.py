@@ -233,6 +233,10 @@ class CustomerModel(_Section):
     sale_rate: float = Field(default=0.1, ge=0, le=1)
     refusal_rate: float = Field(default=0.02, ge=0, le=1)
     callback_rate: float = Field(default=0.1, ge=0, le=1)
+    # A live person sent to the abandon message presses 9 (opt-out: the number goes on DNC) with this
+    # probability. Unset: nobody in the ``sim`` backend, ``refusal_rate`` in the AMI emulator (its
+    # long-standing stand-in); set, both speeds use it.
+    opt_out_rate: float | None = Field(default=None, ge=0, le=1)
     # Live-answer probability for each hour of the shift (from its start; the last value holds after it).
     # Empty: ``answer_rate`` all day.
     hourly_answer_rate: list[float] = Field(default_factory=list)
@@ -253,10 +257,27 @@ class AgentModel(_Section):
 
 
 class AgentsSection(_Section):
-    """Agent attributes the engine routes on."""
+    """Agent attributes the engine routes on, and who the agents are: simulated, or people on the agent API."""
 
     skills: dict[str, list[str]] = Field(default_factory=dict)  # agent id -> skills
     simulated_skills: dict[str, int] = Field(default_factory=dict)  # skill -> how many simulated agents have it
+    # "sim": the simulated agents of [simulation]; "api": real people, over the agent API (docs/agent-api.md).
+    desk: Literal["sim", "api"] = "sim"
+    host: str = "127.0.0.1"  # where the agent API listens (put a TLS proxy in front of anything but loopback)
+    port: int = Field(default=8780, ge=0, le=65535)  # 0: any free port (tests)
+    # Agent identities: lines "id:role:token" (role agent, supervisor or admin), from this file or else from
+    # the environment variable named by tokens_env. Never in the campaign file: tokens are secrets.
+    tokens_file: str | None = None
+    tokens_env: str = Field(default="DIALER_AGENT_TOKENS", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    wrap_up_timeout: Duration = Field(default=300.0, gt=0, le=1800)  # an agent silent this long in wrap-up ...
+    default_disposition: str | None = None  # ... gets this disposition (None: the call's outcome decides)
+    audit_log: str | None = None  # every read and change of lead data (default: <[results] dir>/audit.jsonl)
+
+    @model_validator(mode="after")
+    def _api(self) -> AgentsSection:
+        if self.desk == "api" and not self.host.strip():
+            raise ValueError("host: the agent API needs an address to listen on (e.g. \"127.0.0.1\")")
+        return self
 
 
 class SimulationSection(_Section):
@@ -285,6 +306,9 @@ class AsteriskSection(_Section):
     trunk: str = "PJSIP/{number}@trunk"
     action_timeout: Duration = Field(default=5.0, gt=0)
     ping_interval: Duration = Field(default=10.0, gt=0)
+    # Who frames the AMI bytes: the engine's own framer ("native", the default: fastest, bounded) or
+    # panoramisk's AMIProtocol ("panoramisk"); same rules either way (engine/pbx/asterisk.py).
+    ami_transport: Literal["native", "panoramisk"] = "native"
 
 
 class RedisSection(_Section):
@@ -431,6 +455,12 @@ def campaign_from_dict(data: dict[str, Any], *, source: str = "<config>", text: 
         line = _find_line(text, ("campaign", "timezone"))
         where = f"{line}: " if line else ""
         problems.append(f"{where}campaign.timezone: unknown time zone {cfg.campaign.timezone!r}")
+    default = cfg.agents.default_disposition
+    if default is not None and default not in cfg.dispositions:
+        line = _find_line(text, ("agents", "default_disposition"))
+        where = f"{line}: " if line else ""
+        problems.append(f"{where}agents.default_disposition: {default!r} is not a disposition of this campaign "
+                        f"(configured: {', '.join(sorted(cfg.dispositions))})")
     if cfg.caps.lifetime < cfg.retry.max_attempts:
         problems.append(
             f"caps.lifetime: {cfg.caps.lifetime} is below retry.max_attempts {cfg.retry.max_attempts}"

@@ -11,15 +11,16 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from engine.agents import AgentPool
-from engine.models import Agent, Alert, CallAttempt, Lead
+from engine.models import Agent, CallAttempt
 
 
 class AgentDesk(Protocol):
     async def run(self, pool: AgentPool) -> None:
         """Drive logins, breaks and logouts for the whole shift; cancelled when the campaign stops."""
 
-    async def preview(self, agent: Agent, lead: Lead, alerts: tuple[Alert, ...]) -> bool:
-        """Show the lead to the agent; True to dial it now, False to skip it."""
+    async def preview(self, agent: Agent, call: CallAttempt) -> bool:
+        """Show the call's lead, its history and alerts to the agent (number masked: nothing is dialled
+        yet); True to dial it now, False to skip it."""
 
     def show(self, agent: Agent, screen_pop: dict[str, Any]) -> None:
         """Put the screen-pop of the call being connected on the agent's screen (must not block)."""

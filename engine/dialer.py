@@ -12,6 +12,14 @@ The flow of one call (see ``Dialer._call``):
 6. after the call — wrap-up and disposition, result recorded, lead rescheduled,
    after-call hooks.
 
+Steps 2 and 3 are taken for a whole burst at once (``Dialer._dial_burst``): the
+pacer hands out several dials per decision, and their contexts are read in one
+call to the store and their reservations made in one more (each reservation as
+atomic as alone), so a burst costs a constant number of round trips to Redis
+rather than two per call, each behind a busy event loop. Preview calls, where
+the agent reads the lead between the gate and the reservation, are decided one
+by one in their own task.
+
 One ``asyncio.TaskGroup`` owns every task: the pacing loop, the agent desk and
 one task per call. Stopping is ordered: no new dials, a bounded drain of the
 calls in flight, then whatever is left is hung up and recorded as interrupted.
@@ -27,7 +35,9 @@ call's logger is bound to its ids only when something is logged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import gc
 import inspect
 import itertools
 import logging
@@ -63,20 +73,24 @@ from engine.models import (
 from engine.pacing import AbandonController, Decision, Estimates, Pacer, Snapshot
 from engine.pbx.base import (
     Abandoned,
+    AgentSession,
     Answered,
     CallEvent,
     Connected,
     Ended,
     OptOut,
+    PbxAuthError,
     PbxBackend,
     PbxError,
+    PbxEvent,
+    PbxFailed,
     Ringing,
 )
 from engine.plugins import FastHook, Gate, await_maybe
 from engine.privacy import screen_pop
 from engine.results import ResultWriter
 from engine.retry import next_attempt_at
-from engine.store.base import AbandonCounts, Caps, Store, StoreUnavailable
+from engine.store.base import AbandonCounts, Caps, Reservation, Store, StoreUnavailable
 
 MAX_CALL_S = 4 * 3600.0  # a connected call with no end event this long is presumed lost
 EVENT_GRACE_S = 30.0  # how late the PBX may be with an outcome before the call is presumed lost
@@ -98,6 +112,62 @@ class _Combined:
 @functools.lru_cache(maxsize=512)
 def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
+
+
+_UNDECIDED = object()  # a call task that makes its own pre-dial decision (preview)
+_SKIPPED = Veto("skipped", "the agent skipped the lead in preview")  # released already: nothing more to do
+_LEASE_LOST = Veto("lease_lost", "another node dialled the lead after this node's lease lapsed")
+
+
+def _verdict(res: Reservation, wall: float) -> Veto | None:
+    """A reservation's result as the call's verdict: None to dial, ``_LEASE_LOST``, or the block."""
+    if res.ok:
+        return None
+    if res.rule == "lease_lost":
+        return _LEASE_LOST
+    return Veto(res.rule, res.reason, retry_at=None if res.rule == "dnc" else wall + 3600)
+
+
+GC_THRESHOLDS = (50_000, 20, 100)  # the cyclic collector during a real-time run (Python's: 700, 10, 10)
+
+
+def _quiet_gc(loop: asyncio.AbstractEventLoop) -> Any:
+    """Keep the cyclic garbage collector's full passes rare and short during a run; returns what
+    undoes it at the end of the run (None when there is nothing to undo).
+
+    A full collection stops the event loop for as long as it takes to scan every tracked object: with
+    thousands of calls in flight that was 150-300 ms every few seconds, the lag p99 of a flood (see
+    BENCHMARKS.md, Floods). Two things shorten and space them out:
+
+    * ``gc.freeze()`` once start-up is over: what is alive then (modules, plugins, the store's leads,
+      the agents) is left out of every later scan. Reference counting still frees frozen objects; only
+      cycles among them wait for ``gc.unfreeze()`` at the end of the run. On a real clock the garbage
+      is collected first, once; when something froze already (a run nested in another's, a flood's
+      ``--gc-freeze``) the freeze is left to it.
+    * On a real clock, the collector's thresholds raised (``GC_THRESHOLDS``): a young pass every 50,000
+      allocations instead of 700, so that most of a call's objects are freed by reference counting
+      before any pass sees them, and older passes far rarer. The engine makes few reference cycles, so
+      memory does not grow for it (measured in the floods). In virtual time ``simulations.vloop`` sets
+      its own thresholds.
+    """
+    real_time = not getattr(loop, "virtual_time", False)
+    freeze = not gc.get_freeze_count()
+    if not (freeze or real_time):
+        return None
+    before = gc.get_threshold()
+    if real_time:
+        if freeze:
+            gc.collect()
+        gc.set_threshold(*GC_THRESHOLDS)
+    if freeze:
+        gc.freeze()
+
+    def undo() -> None:
+        if freeze:
+            gc.unfreeze()
+        gc.set_threshold(*before)
+
+    return undo
 
 
 def _time_up(waiter: asyncio.Future[None]) -> None:
@@ -171,6 +241,7 @@ class Dialer:
         self._agent_waits: dict[str, asyncio.Future[Agent | None]] = {}
         self._gave_up: set[str] = set()  # hung up while waiting for an agent
         self._tg: asyncio.TaskGroup | None = None
+        self._burst_done: asyncio.Future[None] | None = None  # set while a burst of dials is being decided
         self._ids = itertools.count(1)
         self._stop = asyncio.Event()
         self._woken = False  # nudged since the last pacing decision
@@ -178,6 +249,8 @@ class Dialer:
         self._lag_timer: asyncio.TimerHandle | None = None
         self._idle = asyncio.Event()
         self._stopping = False
+        self.failure: str | None = None  # why the run stopped itself (e.g. the PBX refused our login)
+        self.pbx_down = False  # no PBX server logged in: nothing is dialled until one is
         self._window_counts: list[AbandonCounts] = [AbandonCounts(0, 0) for _ in cfg.abandon.windows]
         self._counts_at = -1e18
         self._amd_fp_sum = 0.0  # estimated AMD false positives not yet counted as a whole call
@@ -203,6 +276,14 @@ class Dialer:
         """Stop dialling and drain: idempotent, safe from a signal handler."""
         self._stop.set()
 
+    def _fail(self, reason: str) -> None:
+        """Something no later dial can get past (the PBX refuses our login): stop the run, which then
+        reports ``failed`` rather than burning through the leads as failed attempts."""
+        if self.failure is None:
+            self.failure = reason
+            self.log.error("run stopped", reason=reason)
+        self.stop()
+
     async def run(self, until: float | None = None) -> dict[str, Any]:
         """Run the campaign until its leads are exhausted, ``until`` loop seconds pass, or ``stop()``."""
         self.started_at = self._loop.time()
@@ -213,6 +294,7 @@ class Dialer:
             await await_maybe(r)
         timer = self._loop.call_later(until, self.stop) if until is not None else None
         self.log.info("campaign started", mode=self.pacer.name, agents=len(self.pool.agents))
+        gc_undo = _quiet_gc(self._loop)
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
@@ -220,8 +302,13 @@ class Dialer:
                 self._watch_loop_lag()
                 desk = tg.create_task(self.desk.run(self.pool), name="agent-desk")
                 await self._stop.wait()
-                # 1. no new dials
+                # 1. no new dials (a burst being decided ends first: cut half-way, its reservations
+                # would be made and never dialled)
                 self._stopping = True
+                if self._burst_done is not None:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.drain_timeout):
+                            await asyncio.shield(self._burst_done)
                 pacing.cancel()
                 self.summary = self._summarize()  # the shift's figures, before the drain
                 # 2. bounded drain of the calls in flight
@@ -237,6 +324,8 @@ class Dialer:
                             task.cancel()
                 desk.cancel()
         finally:
+            if gc_undo is not None:
+                gc_undo()
             if timer is not None:
                 timer.cancel()
             if self._lag_timer is not None:
@@ -245,6 +334,8 @@ class Dialer:
                 self.results.close()
             await self.pbx.close()
         self.summary = {**self.summary, "after_drain": self._summarize()}
+        if self.failure is not None:
+            self.summary["failed"] = self.failure
         for r in self.plugins.hook.dialer_campaign_end(campaign=self.cfg, summary=self.summary):
             await await_maybe(r)
         self.log.info("campaign stopped", dials=self.counters.dials, abandoned=self.counters.abandoned)
@@ -332,6 +423,16 @@ class Dialer:
         await self._observe_abandons()
         if self._stopping:
             return
+        if not getattr(self.pbx, "connected", True):
+            # No PBX server to place a call on (reconnecting): a dial now could only fail and spend an
+            # attempt of the lead's; wait for the link, as for the store.
+            if not self.pbx_down:
+                self.log.warning("PBX not connected: dialling paused, calls in flight still tracked")
+                self.pbx_down = True
+            return
+        if self.pbx_down:
+            self.log.info("PBX connected again: dialling resumed")
+            self.pbx_down = False
         # Behind on events -- the loop itself, or the PBX's events arriving late (a backlog in the
         # socket buffers does not show as loop lag): no new calls until call state has caught up.
         if max(self.loop_lag, getattr(self.pbx, "ingest_lag", 0.0)) > MAX_LOOP_LAG_S:
@@ -339,6 +440,8 @@ class Dialer:
             return
         short = False
         for lane in self.lanes:
+            if self._stopping:
+                break
             decision = lane.pacer.decide(self.snapshot(lane))
             wanted = decision.dials + decision.previews
             if wanted <= 0:
@@ -347,14 +450,19 @@ class Dialer:
             by_tier = {} if lane.tiers is None else {"tiers": lane.tiers}
             leads = await self.store.claim_leads(self.cfg.id, wanted, now=wall, node_id=self.node_id,
                                                  lease_s=self.cfg.pacing.lease, **by_tier)
+            claimed = time.perf_counter()
+            burst: list[CallAttempt] = []
             for i, lead in enumerate(leads):
-                agent = None
-                if i < decision.previews:
+                if i < decision.previews:  # the agent reads first: decided call by call (``_decide_alone``)
                     agent = self.pool.start_preview(lane.name, lead.preferred_agent)
                     if agent is None:
                         await self._release(lead, wall, wall, self.log)
                         continue
-                self._spawn(lead, agent, lane)
+                    self._spawn(self._new_call(lead, lane), agent)
+                else:
+                    burst.append(self._new_call(lead, lane))
+            if burst:
+                await self._dial_burst(burst, claimed)
             short = short or len(leads) < wanted
         if short and not self._tasks:
             await self._check_exhausted()
@@ -384,16 +492,81 @@ class Dialer:
         self.controller.observe(self._since_observe[0], self._since_observe[1], counts)
         self._since_observe = [0, 0]
 
-    def _spawn(self, lead: Lead, agent: Agent | None, lane: Lane) -> None:
-        assert self._tg is not None
+    def _new_call(self, lead: Lead, lane: Lane) -> CallAttempt:
+        """The attempt for a claimed lead, counted as in flight (``_unanswered``) from now on."""
         call = CallAttempt(call_id=f"{self.cfg.id}-{self.node_id}-{next(self._ids)}", lead=lead,
                            campaign_id=self.cfg.id, attempt_no=lead.attempts + 1,
                            created_at=self._loop.time())
         self._lane_of[call.call_id] = lane
-        self._unanswered[lane.name][call.call_id] = call.created_at  # counted as in flight from now on
-        task = self._tg.create_task(self._call(call, agent), name=call.call_id)
+        self._unanswered[lane.name][call.call_id] = call.created_at
+        return call
+
+    def _spawn(self, call: CallAttempt, agent: Agent | None, decided: Any = _UNDECIDED) -> None:
+        """The call's own task, from its decision (``decided``: the burst's verdict) or from the start."""
+        assert self._tg is not None
+        task = self._tg.create_task(self._call(call, agent, decided), name=call.call_id)
         self._tasks.add(task)
         task.add_done_callback(self._call_done)
+
+    def _forget(self, call: CallAttempt) -> None:
+        """A call that never got its task (its burst failed): no longer in flight."""
+        self._unanswered[self._lane_of.pop(call.call_id).name].pop(call.call_id, None)
+
+    async def _dial_burst(self, calls: list[CallAttempt], claimed: float) -> None:
+        """Steps 2 and 3 for a burst of claimed leads at once, then a task per call from its verdict.
+
+        The store is asked twice for the whole burst, not twice per call: every lead's context in one
+        round trip, the gate on each, then every reservation the gate let through in one go
+        (``Store.reserve_attempts``: each as atomic as alone, in a constant number of round trips).
+        Per call, that is what a call task awaiting its own context and reservation behind a busy
+        event loop cost (a wait per round trip per call). Each call's decision time still runs from
+        the claim to its own verdict.
+
+        Fail closed: if the store fails mid-burst nothing of the burst is dialled (``StoreUnavailable``
+        goes up to the pacing loop, which pauses dialling); the leads are left to their leases, and a
+        reservation the store may have made is held, then recorded as lost, never dialled twice. The
+        run's stop waits for a burst in progress (``_burst_done``) rather than cancel it half-way.
+        """
+        done = self._burst_done = self._loop.create_future()
+        spawned = 0
+        try:
+            wall = self.clock.now()
+            day_keys = [self._day_key(call.lead, wall) for call in calls]
+            ctxs = await self.store.dial_contexts([call.lead for call in calls], now=wall, day_keys=day_keys)
+            verdicts: list[Any] = []
+            for call, ctx in zip(calls, ctxs, strict=True):
+                veto = await self.gate.check(ctx)
+                call.lead_history = ctx.history
+                if veto is None:
+                    call.alerts = await self.gate.alerts(ctx)
+                    if self._stopping:
+                        veto = Veto("shutdown", "campaign stopping before the dial", retry_at=wall)
+                if veto is not None:
+                    self.decision_times.append(time.perf_counter() - claimed)
+                verdicts.append(veto)
+            todo = [i for i, veto in enumerate(verdicts) if veto is None]
+            if todo:
+                results = await self.store.reserve_attempts(
+                    [calls[i] for i in todo], now=wall, day_keys=[day_keys[i] for i in todo], caps=self.caps,
+                    node_id=self.node_id)
+                decided = time.perf_counter() - claimed
+                for i, res in zip(todo, results, strict=True):
+                    self.decision_times.append(decided)
+                    verdicts[i] = _verdict(res, wall)
+            for call, verdict in zip(calls, verdicts, strict=True):
+                self._spawn(call, None, verdict)
+                spawned += 1
+        except StoreUnavailable:
+            raise  # the pacing loop pauses dialling
+        except Exception:
+            self.counters.errors += 1
+            self.log.exception("deciding a burst of dials failed; its leads are left to their leases",
+                               dials=len(calls))
+        finally:
+            for call in calls[spawned:]:
+                self._forget(call)
+            done.set_result(None)
+            self._burst_done = None
 
     def _call_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -402,39 +575,22 @@ class Dialer:
 
     # -- the flow of one call ------------------------------------------------------------
 
-    async def _call(self, call: CallAttempt, agent: Agent | None) -> None:
+    async def _call(self, call: CallAttempt, agent: Agent | None, decided: Any = _UNDECIDED) -> None:
+        """One call from its pre-dial gate (or the burst's verdict, ``decided``) to its recorded result."""
         log = _CallLog(self.log, call.call_id, call.lead.lead_id)
         try:
-            # 2. pre-dial gate
-            started = time.perf_counter()
+            # 2. pre-dial gate and 3. reservation: done for the whole burst (``_dial_burst``), or here
             wall = self.clock.now()
-            day_key = self._day_key(call.lead, wall)
-            ctx = await self.store.dial_context(call.lead, now=wall, day_key=day_key)
-            veto = await self.gate.check(ctx)
-            call.lead_history = ctx.history
-            if veto is None:
-                call.alerts = await self.gate.alerts(ctx)
+            veto = await self._decide_alone(call, agent, wall) if decided is _UNDECIDED else decided
+            if veto is _SKIPPED:
+                return
+            if veto is _LEASE_LOST:
+                # Our lease lapsed and another node dialled the lead meanwhile: it is theirs now.
+                # Not a compliance block, and nothing to give back.
+                log.info("lead taken over by another node; not dialled")
                 if agent is not None:
-                    gated = time.perf_counter()
-                    if not await self._preview(agent, call):
-                        return
-                    started += time.perf_counter() - gated  # the agent's reading time is not ours
-            if veto is None and self._stopping:
-                veto = Veto("shutdown", "campaign stopping before the dial", retry_at=wall)
-            # 3. reservation
-            if veto is None:
-                res = await self.store.reserve_attempt(call, now=wall, day_key=day_key, caps=self.caps,
-                                                       node_id=self.node_id)
-                if not res.ok and res.rule == "lease_lost":
-                    # Our lease lapsed and another node dialled the lead meanwhile: it is theirs now.
-                    # Not a compliance block, and nothing to give back.
-                    log.info("lead taken over by another node; not dialled")
-                    if agent is not None:
-                        self.pool.end_preview(agent)
-                    return
-                if not res.ok:
-                    veto = Veto(res.rule, res.reason, retry_at=None if res.rule == "dnc" else wall + 3600)
-            self.decision_times.append(time.perf_counter() - started)
+                    self.pool.end_preview(agent)
+                return
             if veto is not None:
                 await self._blocked(call, veto, agent, log)
                 return
@@ -450,6 +606,11 @@ class Dialer:
             try:
                 await self.pbx.originate(call, ring_timeout=self.cfg.pacing.ring_timeout,
                                          caller_id=self.cfg.campaign.caller_id)
+            except PbxAuthError as exc:
+                # Logged out mid-run (a secret rotated on the PBX only): every later originate would
+                # fail the same way. The PBX took nothing: this attempt ends failed, and the run stops.
+                self._fail(f"the PBX refused our login: {exc}")
+                events.put(Ended(call.call_id, 0, "failed"))
             except PbxError as exc:
                 log.warning("originate failed", error=str(exc))
                 events.put(Ended(call.call_id, 0, "failed"))
@@ -483,11 +644,36 @@ class Dialer:
             self._gave_up.discard(call.call_id)
             self.nudge()
 
+    async def _decide_alone(self, call: CallAttempt, agent: Agent | None, wall: float) -> Any:
+        """Steps 2 and 3 for one call (preview: the agent reads the lead between the gate and the
+        reservation, so a preview call cannot wait for a burst). The verdict: None (reserved), a
+        ``Veto``, ``_LEASE_LOST`` or ``_SKIPPED`` (the agent passed)."""
+        started = time.perf_counter()
+        day_key = self._day_key(call.lead, wall)
+        ctx = (await self.store.dial_contexts([call.lead], now=wall, day_keys=[day_key]))[0]
+        veto = await self.gate.check(ctx)
+        call.lead_history = ctx.history
+        if veto is None:
+            call.alerts = await self.gate.alerts(ctx)
+            if agent is not None:
+                gated = time.perf_counter()
+                if not await self._preview(agent, call):
+                    return _SKIPPED
+                started += time.perf_counter() - gated  # the agent's reading time is not ours
+        if veto is None and self._stopping:
+            veto = Veto("shutdown", "campaign stopping before the dial", retry_at=wall)
+        if veto is None:
+            res = (await self.store.reserve_attempts([call], now=wall, day_keys=[day_key], caps=self.caps,
+                                                     node_id=self.node_id))[0]
+            veto = _verdict(res, wall)
+        self.decision_times.append(time.perf_counter() - started)
+        return veto
+
     async def _preview(self, agent: Agent, call: CallAttempt) -> bool:
         """Preview mode: the agent sees the lead and decides; False when they skip it."""
         try:
             async with asyncio.timeout(self.cfg.pacing.preview_timeout):
-                go = await self.desk.preview(agent, call.lead, call.alerts)
+                go = await self.desk.preview(agent, call)
         except TimeoutError:
             go = False
         if not go:
@@ -811,8 +997,14 @@ class Dialer:
 
     # -- PBX events ----------------------------------------------------------------------
 
-    def _on_event(self, ev: CallEvent) -> None:
+    def _on_event(self, ev: PbxEvent) -> None:
         """The backend's sink: route each event to its call; never raises."""
+        if type(ev) is AgentSession:
+            self._agent_session(ev)
+            return
+        if type(ev) is PbxFailed:
+            self._fail(ev.reason)
+            return
         events = self._events.get(ev.call_id)
         if events is not None:
             events.put(ev)
@@ -823,3 +1015,15 @@ class Dialer:
                     waiter.set_result(None)
         else:
             self.log.debug("event for an unknown call", call_id=ev.call_id, kind=type(ev).__name__)
+
+    def _agent_session(self, ev: AgentSession) -> None:
+        """An agent's PBX session went down or came back: no call for them until it is back (a connect
+        would fail and leave the customer in silence). The pool keeps breaks, calls and wrap-ups apart."""
+        if ev.agent_id not in self.pool.agents:
+            return
+        if not ev.up and self.pool.session_lost(ev.agent_id):
+            self.log.warning("agent session lost: no calls for this agent until it is back", agent_id=ev.agent_id,
+                             state=self.pool.agents[ev.agent_id].state.value)
+        elif ev.up and self.pool.session_back(ev.agent_id):
+            self.log.info("agent session back", agent_id=ev.agent_id,
+                          state=self.pool.agents[ev.agent_id].state.value)

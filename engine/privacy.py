@@ -56,6 +56,17 @@ def screen_pop(lead: Lead, *, agent_id: str, history: tuple[dict[str, Any], ...]
                audit: AuditLog) -> dict[str, Any]:
     """What the agent's screen shows when a call is connected to them."""
     view = view_lead(lead, role="agent", actor=agent_id, reason="connected call", audit=audit, in_call=True)
+    return _pop(lead, view, history, alerts)
+
+
+def _notes(lead: Lead) -> list[Any]:
+    notes = lead.attributes.get("notes")
+    return list(notes) if isinstance(notes, list) else []
+
+
+def _pop(lead: Lead, view: dict[str, Any], history: tuple[dict[str, Any], ...],
+         alerts: tuple[Alert, ...]) -> dict[str, Any]:
+    """The screen around the lead's view: history, notes, what not to offer, alerts, the offer."""
     refused = lead.attributes.get("refused_products") or ""
     refused_list = refused if isinstance(refused, list) else [p.strip() for p in str(refused).split(";") if p.strip()]
     offer = next((a.message.removeprefix("recommended offer: ") for a in alerts if a.code == "recommended_offer"),
@@ -63,12 +74,37 @@ def screen_pop(lead: Lead, *, agent_id: str, history: tuple[dict[str, Any], ...]
     return {
         "lead": view,
         "history": [{k: h.get(k) for k in ("started", "outcome", "disposition", "agent_id", "note")} for h in history],
-        "notes": list(lead.attributes.get("notes", [])) if isinstance(lead.attributes.get("notes"), list) else [],
+        "notes": _notes(lead),
         "do_not_offer": refused_list,
         "alerts": [{"code": a.code, "message": a.message, "severity": a.severity,
                     "avoid_phrases": list(a.avoid_phrases)} for a in alerts if a.code != "recommended_offer"],
         "recommended_offer": offer,
     }
+
+
+def preview_pop(lead: Lead, *, agent_id: str, history: tuple[dict[str, Any], ...], alerts: tuple[Alert, ...],
+                audit: AuditLog) -> dict[str, Any]:
+    """What the agent's screen shows when a lead is offered for preview (before any dial).
+
+    The agent decides on the person (name, tags, history, alerts, offer) but the number itself is
+    shown only once the call is theirs: here it is masked, and the audit entry says so.
+    """
+    fields = ("lead_id", "tier", "tags", "phone_masked", *(("attributes.notes",) if _notes(lead) else ()),
+              *(f"attributes.{k}" for k in AGENT_ATTRIBUTES if k in lead.attributes))
+    audit.record(actor=agent_id, role="agent", action="view", lead_id=lead.lead_id, fields=fields,
+                 reason="preview offered")
+    view: dict[str, Any] = {"lead_id": lead.lead_id, "tier": lead.tier, "tags": list(lead.tags),
+                            "phone": mask_phone(lead.phone),
+                            "attributes": {k: lead.attributes[k] for k in AGENT_ATTRIBUTES if k in lead.attributes}}
+    return _pop(lead, view, history, alerts)
+
+
+def add_tags(lead: Lead, *, tags: tuple[str, ...], agent_id: str, audit: AuditLog) -> Lead:
+    """Tags added by the agent during the call (no note); audited like a note; returns the lead to store."""
+    audit.record(actor=agent_id, role="agent", action="update", lead_id=lead.lead_id, fields=("tags",),
+                 reason="tags during call")
+    lead.tags = tuple(dict.fromkeys(lead.tags + tags))
+    return lead
 
 
 def add_note(lead: Lead, *, note: str, tags: tuple[str, ...] = (), agent_id: str, audit: AuditLog) -> Lead:

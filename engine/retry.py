@@ -2,8 +2,32 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from engine.config import CampaignConfig
 from engine.models import Lead, Outcome
+
+AGREED_TIME_ATTR = "callback_requested_at"  # ISO time the agent agreed with the person (agent API)
+
+
+def agreed_time(lead: Lead | None, now: float) -> float | None:
+    """The follow-up time the agent agreed with the person, while it is still ahead.
+
+    Once that time has passed (the follow-up was dialled, or the lead was reached another way) the
+    attribute is history and the disposition's own delay applies again; an unreadable value is
+    ignored rather than trusted, so a bad attribute can only fall back to the configured schedule.
+    """
+    raw = lead.attributes.get(AGREED_TIME_ATTR) if lead is not None else None
+    if not raw:
+        return None
+    try:
+        at = datetime.fromisoformat(str(raw))
+    except ValueError:
+        return None
+    if at.tzinfo is None:
+        return None  # a time without a zone is ambiguous for a call across time zones
+    ts = at.timestamp()
+    return ts if ts > now else None
 
 
 def follow_up_delay(cfg: CampaignConfig, disposition: str | None, lead: Lead | None) -> float | None:
@@ -26,15 +50,19 @@ def next_attempt_at(cfg: CampaignConfig, outcome: Outcome, disposition: str | No
     """Wall-clock time of the next attempt, or None when the lead is finished.
 
     A follow-up task (from the disposition, or the customer type's schedule)
-    comes first. Otherwise an agent's disposition, when there is one, decides
-    (a sale is final, a callback comes back after its delay); otherwise the outcome's delay from
-    ``[retry]`` applies, until ``max_attempts`` is reached. Invalid numbers are
-    never retried.
+    comes first, at the time the agent agreed with the person when there is
+    one. Otherwise an agent's disposition, when there is one, decides (a sale
+    is final, a callback comes back after its delay); otherwise the outcome's
+    delay from ``[retry]`` applies, until ``max_attempts`` is reached. Invalid
+    numbers are never retried.
     """
     if outcome == Outcome.INVALID_NUMBER:
         return None
     follow_up = follow_up_delay(cfg, disposition, lead)
     if follow_up is not None:
+        agreed = agreed_time(lead, now)
+        if agreed is not None:
+            return agreed  # the time agreed with the person beats the disposition's default delay
         return now + follow_up  # an agreed follow-up is kept even past max_attempts (caps still apply)
     if disposition is not None and disposition in cfg.dispositions:
         rule = cfg.dispositions[disposition]

@@ -9,7 +9,7 @@ import numpy as np
 
 from engine.agents import AgentPool
 from engine.config import AgentModel, CustomerModel
-from engine.models import Agent, AgentState, Alert, CallAttempt, Lead
+from engine.models import Agent, AgentState, CallAttempt
 from engine.pbx.sim import SimBackend
 
 
@@ -79,7 +79,7 @@ class SimDesk:
         if agent.state == AgentState.PAUSED:
             pool.make_ready(agent)
 
-    async def preview(self, agent: Agent, lead: Lead, alerts: tuple[Alert, ...]) -> bool:
+    async def preview(self, agent: Agent, call: CallAttempt) -> bool:
         self.previews += 1
         await asyncio.sleep(float(self.rng.exponential(self.a.think_mean)) if self.a.think_mean else 0.0)
         return bool(self.rng.random() >= self.a.skip_rate)

@@ -34,8 +34,9 @@ engine's results against what the customers actually heard.
 Scale: every delay is one ``loop.call_later`` handle (no task per call or per
 event) and each event is formatted once for all sessions, so thousands of
 concurrent calls stay cheap. Faults are injected with :meth:`AmiEmulator.drop_connections`,
-:meth:`AmiEmulator.set_silent`, :meth:`AmiEmulator.send_malformed` and
-:meth:`AmiEmulator.restart`.
+:meth:`AmiEmulator.set_silent`, :meth:`AmiEmulator.send_malformed`,
+:meth:`AmiEmulator.restart`, ``drop_on_originate`` (lose the next acknowledgements) and
+``ping_refused`` (answer Ping with an Error).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ import math
 import os
 import random
 import re
+import secrets
 import signal
 import time
 import typing
@@ -154,8 +156,9 @@ class ScenarioPlan:
     model serves both speeds. Each call's random numbers come from (seed, number, how many times
     this emulator has seen that number): the same number behaves the same in every run with the
     same seed, whatever order a real-time engine happens to dial in, which is what makes a run
-    reproducible. ``CustomerModel`` has no opt-out rate: a person who would refuse an agent
-    (``refusal_rate``) is the one who presses 9 in the abandon message.
+    reproducible. A person sent to the abandon message presses 9 with ``opt_out_rate`` (as in the
+    ``sim`` backend); when the model leaves it unset, a person who would refuse an agent
+    (``refusal_rate``) is the one who does.
     """
 
     def __init__(self, model: CustomerModel, seed: int = 1, *, time_scale: float = 1.0) -> None:
@@ -221,7 +224,7 @@ class ScenarioPlan:
         if machine:
             return CallPlan("answer", answer_after=d.ring, machine=True, talk=m.machine_message, amd_status=status)
         return CallPlan("answer", answer_after=d.ring, talk=d.talk, patience=m.patience, amd_status=status,
-                        opt_out=optout_u < m.refusal_rate)
+                        opt_out=optout_u < (m.refusal_rate if m.opt_out_rate is None else m.opt_out_rate))
 
 
 def _float(v: str | None, default: float) -> float:
@@ -407,6 +410,8 @@ class AmiEmulator:
         self.logins = 0
         self.connections = 0
         self.drop_on_originate = 0  # fault: queue the next N Originates, then cut the link before answering
+        self.ping_refused = False  # fault: answer Ping with an Error (a session the PBX no longer knows)
+        self.unreachable_agents: set[str] = set()  # fault: these agents' phones ring but are never answered
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -454,7 +459,7 @@ class AmiEmulator:
         c = self._find(ref)
         if c is None:
             return False
-        if c.call is not None and c.call.two is not None and c.call.state != "dialing":
+        if c.call is not None and c.call.state != "dialing":  # with the given cause, on a single channel too
             self._customer_hangup(c.call, cause)
         else:
             self._hangup_chan(c, cause)
@@ -580,6 +585,9 @@ class AmiEmulator:
         self._respond(s, m, "Success", *((k, str(v)) for k, v in self.stats(s).items()))
 
     def _ping(self, s: _Session, m: Message) -> None:
+        if self.ping_refused:
+            self._respond(s, m, "Error", ("Message", "Permission denied"))
+            return
         self._respond(s, m, "Success", ("Ping", "Pong"), ("Timestamp", f"{time.time():.6f}"))
 
     def _events_action(self, s: _Session, m: Message) -> None:
@@ -779,6 +787,9 @@ class AmiEmulator:
             two = None
         agent = context == self.contexts.agent
         plan = CallPlan("answer", answer_after=0.02, talk=math.inf) if agent else self.plan(number, variables)
+        if agent and (variables.get("__DIALER_AGENT") or variables.get("DIALER_AGENT") or number) in \
+                self.unreachable_agents:
+            plan = CallPlan("noanswer", answer_after=math.inf)  # rings until the Originate times out
         if tech == "Local" and lctx not in self.contexts.outbound and not agent:
             plan = CallPlan("failed", fail_after=0.0)
         call = _Call(plan, m.action_id or "", dial, one, two, context, exten, timeout, sync)
@@ -1186,6 +1197,7 @@ class Faults:
     restart_every: float = 0.0
     silent_every: float = 0.0  # go silent this often ...
     silent_for: float = 15.0  # ... for this long
+    new_secret_after: float = 0.0  # once: the secret changes on the PBX only, and every connection drops
 
 
 async def serve(host: str, port: int, *, username: str, secret: str, time_scale: float = 1.0,
@@ -1224,12 +1236,20 @@ async def serve(host: str, port: int, *, username: str, secret: str, time_scale:
         await asyncio.sleep(faults.silent_for)
         emu.set_silent(False)
 
+    async def new_secret() -> None:
+        await asyncio.sleep(faults.new_secret_after)
+        emu._secret = secrets.token_hex(16)  # nobody knows it: every later login is refused
+        log.info("ami emulator secret changed; dropping every connection")
+        emu.drop_connections()
+
     try:
         async with asyncio.TaskGroup() as tg:
             for period, action in ((faults.drop_every, drop), (faults.malformed_every, malformed),
                                    (faults.restart_every, emu.restart), (faults.silent_every, silence)):
                 if period > 0:
                     tg.create_task(every(period, action))
+            if faults.new_secret_after > 0:
+                tg.create_task(new_secret())
             await stop.wait()
             raise _Stop  # leaving the group cancels the fault loops
     except* _Stop:
@@ -1305,6 +1325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--restart-every", type=float, default=0.0, metavar="S", help="fault: restart, forgetting calls")
     p.add_argument("--silent-every", type=float, default=0.0, metavar="S", help="fault: stop sending ...")
     p.add_argument("--silent-for", type=float, default=15.0, metavar="S", help="... for this long")
+    p.add_argument("--new-secret-after", type=float, default=0.0, metavar="S",
+                   help="fault: after S seconds change the secret (to one nobody knows) and drop every connection")
     p.add_argument("--full-events", action="store_true",
                    help="the full event volume of a real Asterisk 22 (~96 events per answered call), not only "
                         "the events the engine reads")
@@ -1316,7 +1338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not secret:
         p.error(f"no secret: pass --secret or set {args.secret_env}")
     contexts = Contexts(customer=args.customer_context, agent=args.agent_context, abandon=args.abandon_context)
-    faults = Faults(args.drop_every, args.malformed_every, args.restart_every, args.silent_every, args.silent_for)
+    faults = Faults(args.drop_every, args.malformed_every, args.restart_every, args.silent_every, args.silent_for,
+                    args.new_secret_after)
     plan = _plan_from_args(p, args)
     loop_factory = None
     if args.uvloop:

@@ -35,14 +35,15 @@ def closed_form_progressive(p: float, talk: float = 120.0, wrap: float = 15.0, r
 
 def _table(rows: list[dict], with_scenario: bool = False) -> list[str]:
     head = "| scenario " if with_scenario else ""
-    lines = [f"{head}| agents | p | window | pacer | days | occupancy | of oracle | talk min / agent h | abandon % "
-             "| 30-day windows over cap | days over cap |",
-             "|---" * (11 + with_scenario) + "|"]
+    lines = [f"{head}| agents | p | window | pacer | days | occupancy | sd | of oracle | talk min / agent h "
+             "| abandon % | 30-day windows over cap | days over cap |",
+             "|---" * (12 + with_scenario) + "|"]
     for r in rows:
         oracle = "" if r.get("of_oracle") is None else f"{r['of_oracle']:.3f}"
         first = f"| {r['scenario']} " if with_scenario else ""
         lines.append(f"{first}| {r['agents']} | {r['answer_rate']:g} | {r['window']} | {r['pacer']} | {r['days']} "
-                     f"| {r['occupancy']:.3f} | {oracle} | {r['talk_min_per_agent_hour']:.1f} "
+                     f"| {r['occupancy']:.3f} | {r.get('occupancy_sd', 0.0):.3f} | {oracle} "
+                     f"| {r['talk_min_per_agent_hour']:.1f} "
                      f"| {100 * r['abandon_rate']:.2f} | {100 * r['windows30_over_cap']:.0f} % "
                      f"| {100 * r['days_over_cap']:.0f} % |")
     return lines
@@ -79,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--days", type=int, default=2, help="simulated days per cell (30-day mode)")
     ap.add_argument("--days24", type=int, default=4, help="simulated days per team, predictive in 24 h mode")
     ap.add_argument("--days-small", type=int, default=8,
-                    help="simulated days for the predictive pacer at 10 agents or fewer (both modes), whose "
-                         "daily abandon rate scatters most")
+                    help="simulated days for the predictive pacer at 20 agents or fewer (both modes), whose "
+                         "daily figures scatter most")
     ap.add_argument("--hours", type=float, default=8.0)
     ap.add_argument("--jobs", type=int, default=None)
     ap.add_argument("--out", default="results/bench_pacing")
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p = args.answer_rate
     scenario = str(REFERENCE)
     def days(n: int, pacer: str, default: int) -> int:
-        return max(default, args.days_small) if pacer == "predictive" and n <= 10 else default
+        return max(default, args.days_small) if pacer == "predictive" and n <= 20 else default
 
     cells = [Cell(scenario, pacer, seed, n, p, args.hours) for n in teams for pacer in args.pacers.split(",")
              for seed in range(1, days(n, pacer, args.days) + 1)]

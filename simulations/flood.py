@@ -272,24 +272,17 @@ def ingest_baseline(copies: int = 400, chunk: int = 65536) -> dict[str, float]:
     from engine.pbx.ami.correlator import Correlator
     from engine.pbx.ami.protocol import AmiProtocol
     from engine.pbx.base import Connected, Ended
+    from simulations.ami_transport_rate import answered_calls
 
-    raw = TRANSCRIPT.read_bytes()
-    body = raw[raw.index(b"\r\n") + 2:]
-    stamp = body.split(b"Uniqueid: ", 1)[1].split(b".", 1)[0]  # the capture's uniqueid prefix
-    sent = AmiProtocol("server")
-    sent.receive_data(TRANSCRIPT.with_name("answered.sent.txt").read_bytes())
-    orig = next(m for m in sent.messages() if m.action == "Originate")
-    tags = [str(9_000_000_000 + i).encode()[-len(stamp):] for i in range(copies)]
-    stream = b"".join(body.replace(stamp, t) for t in tags)
+    stream, calls = answered_calls(copies)
     frames = stream.count(b"\r\n\r\n")
     pieces = [stream[i:i + chunk] for i in range(0, len(stream), chunk)]
     watched = ("OriginateResponse", "Hangup")
 
     def once() -> tuple[float, int, int]:
         corr = Correlator()
-        for i, t in enumerate(tags):
-            corr.register(f"c{i}", action_id=(orig.action_id or "").replace(stamp.decode(), t.decode()),
-                          channel=orig.get("Channel") or "")
+        for call_id, action_id, channel in calls:
+            corr.register(call_id, action_id=action_id, channel=channel)
         keep = corr.prefilter({*watched, "Shutdown"})
         proto = AmiProtocol("server")
         ended = connected = 0
@@ -834,7 +827,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="let the flood's pacer make up the dials skipped while events were late (the Dialer "
                    "still holds while they are)")
     p.add_argument("--gc-freeze", action="store_true",
-                   help="gc.freeze() after set-up: full collections then skip the long-lived objects")
+                   help="gc.freeze() after set-up: full collections then skip the long-lived objects (the "
+                   "Dialer now freezes what is alive at the start of every run itself; this freezes a little earlier)")
     p.add_argument("--profile", metavar="FILE", help="cProfile the engine process into FILE (slows it down)")
     p.add_argument("--no-baseline", action="store_true", help="skip the parse-rate baseline")
     p.add_argument("--quiet", action="store_true", help="no live lines")

@@ -125,7 +125,12 @@ class CustomerBehaviour:
         _, machine, verdict = out
         if machine:
             return CallPlan(d.ring, machine=True, amd_verdict=verdict, talk=m.machine_message)
-        return CallPlan(d.ring, machine=False, amd_verdict=verdict, talk=d.talk, patience=m.patience)
+        plan = CallPlan(d.ring, machine=False, amd_verdict=verdict, talk=d.talk, patience=m.patience)
+        if m.opt_out_rate:
+            # Whether this person presses 9 if abandoned. ``w`` is the draw's spare uniform, unused by an
+            # answered call: no extra random number, so a seed gives the same calls with or without opt-outs.
+            plan.opt_out = d.w < m.opt_out_rate
+        return plan
 
 
 AREA_CODES = ("212", "312", "415", "617", "713", "206", "305", "404", "602", "303")

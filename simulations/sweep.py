@@ -262,6 +262,8 @@ def aggregate(results: Sequence[Result]) -> list[dict[str, Any]]:
             "scenario": scenario, "agents": agents, "answer_rate": p, "window": windows,
             "overrides": ";".join(f"{a}={b}" for a, b in overrides), "pacer": pacer, "days": len(rs),
             "occupancy": round(float(np.mean([x["occupancy"] for x in k])), 4),
+            # Spread of the per-day occupancy (sample standard deviation; 0 with one day).
+            "occupancy_sd": round(float(np.std([x["occupancy"] for x in k], ddof=1)) if len(k) > 1 else 0.0, 4),
             "talk_min_per_agent_hour": round(float(np.mean([x["talk_min_per_agent_hour"] for x in k])), 2),
             "abandon_rate": round(abandoned / live, 4) if live else 0.0,
             "days_over_cap": round(windows_over(days, span=1), 3),
@@ -389,7 +391,8 @@ def print_table(rows: Sequence[dict[str, Any]], title: str = "") -> None:
 
     table = Table(title=title or None)
     cols = [("scenario", "scenario"), ("agents", "agents"), ("answer_rate", "p"), ("window", "window"),
-            ("pacer", "pacer"), ("days", "days"), ("occupancy", "occupancy"), ("of_oracle", "of oracle"),
+            ("pacer", "pacer"), ("days", "days"), ("occupancy", "occupancy"), ("occupancy_sd", "sd"),
+            ("of_oracle", "of oracle"),
             ("talk_min_per_agent_hour", "talk min/agent h"), ("abandon_rate", "abandon %"),
             ("windows30_over_cap", "30-day windows over cap"), ("days_over_cap", "days (24 h) over cap"),
             ("wall_s", "wall s/run")]

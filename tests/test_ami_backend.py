@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from amitest import SECRET, SECRET_ENV, ami_secret, until  # noqa: F401  (ami_secret: autouse fixture)
 
 from engine.calls import advance, final_outcome
 from engine.models import AnswerKind, CallAttempt, CallState, Lead, Outcome
@@ -18,14 +19,19 @@ from engine.pbx.base import Abandoned, Answered, CallEvent, Connected, Ended, Pb
 from simulations.ami_emulator import AmiEmulator, CallPlan
 
 FIX = Path(__file__).parent / "fixtures" / "ami"
-SECRET_ENV = "DIALER_TEST_AMI_SECRET"
-SECRET = "dialerpass"
 H, M, U = AnswerKind.HUMAN, AnswerKind.MACHINE, AnswerKind.UNKNOWN
 
 
-@pytest.fixture(autouse=True)
-def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(SECRET_ENV, SECRET)
+
+
+TRANSPORT = {"name": "native"}
+
+
+@pytest.fixture(autouse=True, params=["native", "panoramisk"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """Every test here runs over both AMI transports (``[asterisk] ami_transport``): same contract."""
+    TRANSPORT["name"] = request.param
+    return str(request.param)
 
 
 class Sink:
@@ -55,22 +61,12 @@ class Sink:
                 await self._changed.wait()
 
 
-async def until(pred: Callable[[], bool], limit: float = 5.0) -> None:
-    """Bounded wait for a condition outside the event stream (connection state, emulator counters).
-
-    Polling is the honest tool here: neither side publishes these changes as events, and adding hooks
-    to production code only for tests would be worse. The timeout bounds it; nothing is timed.
-    """
-    async with asyncio.timeout(limit):
-        while not pred():  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
-
 
 def config(*ports: int, **kw: object) -> AsteriskConfig:
     base: dict[str, object] = dict(
         servers=tuple(AmiServer(port=p, secret_env=SECRET_ENV) for p in ports),
         trunk="Local/{digits}@dialer-outbound/n", action_timeout=1.0, ping_interval=30.0,
-        reconnect_delay=0.02, reconnect_max=0.2, connect_timeout=1.0)
+        reconnect_delay=0.02, reconnect_max=0.2, connect_timeout=1.0, transport=TRANSPORT["name"])
     base.update(kw)
     return AsteriskConfig(**base)  # type: ignore[arg-type]
 

@@ -4,34 +4,19 @@ opt-out in the abandon message, and one engine driving two Asterisk servers."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import pytest
+from amitest import SECRET, SECRET_ENV, ami_secret, until  # noqa: F401  (ami_secret: autouse fixture)
 
 from engine.clock import SystemClock
 from engine.config import CampaignConfig, campaign_from_dict
-from engine.models import Lead
+from engine.models import CallAttempt, Lead
 from engine.pbx.asterisk import AmiServer, AsteriskBackend, AsteriskConfig
 from engine.pbx.base import PbxError
 from engine.store.memory import MemoryStore
 from simulations.ami_emulator import AmiEmulator, Contexts, default_plan, with_default_options
 from simulations.runner import run_sim_campaign
-
-SECRET_ENV = "DIALER_TEST_AMI_SECRET"
-SECRET = "dialerpass"
-
-
-@pytest.fixture(autouse=True)
-def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(SECRET_ENV, SECRET)
-
-
-async def until(pred: Callable[[], bool], limit: float = 10.0) -> None:
-    """Bounded wait for state neither side publishes as an event (emulator journal, store, link state)."""
-    async with asyncio.timeout(limit):
-        while not pred():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 def backend(*ports: int, amd: bool = False) -> AsteriskBackend:
@@ -51,6 +36,10 @@ def campaign(cid: str, *, agents: int, wrap: str, amd: bool = False) -> Campaign
                        "agent": {"wrap_mean": wrap},
                        "customers": {"sale_rate": 0.0, "refusal_rate": 0.0, "callback_rate": 0.0}},
     })
+
+
+def attempt(call_id: str, phone: str) -> CallAttempt:
+    return CallAttempt(call_id, Lead(f"L{call_id}", "camp", phone), "camp", 1)
 
 
 def leads(cid: str, phones: list[str]) -> list[Lead]:
@@ -151,8 +140,6 @@ async def test_agent_server_down_refuses_rather_than_splitting_the_team() -> Non
         assert sum(c.startswith("PJSIP/a") for c in home.channels) == 2 and other.channels == []
         await home.close()  # the agents' server is gone; its sessions' fate is unknown from here
         await until(lambda: be.connected_servers == [f"127.0.0.1:{ports[1]}"])
-        from tests.test_ami_backend import attempt
-
         with pytest.raises(PbxError, match="agents' Asterisk server"):
             await be.originate(attempt("x1", "+15551000"), ring_timeout=30, caller_id="D <1>")
         with pytest.raises(PbxError, match="agents' Asterisk server"):
@@ -167,3 +154,67 @@ async def test_agent_server_down_refuses_rather_than_splitting_the_team() -> Non
         await be.close()
         for e in emus:
             await e.close()
+
+
+async def test_a_login_refused_on_reconnect_stops_the_run_instead_of_burning_the_leads() -> None:
+    """The secret is changed on the PBX mid-run and the link drops: the reconnect is refused, and the
+    run stops and says why, rather than marking every remaining lead as a failed attempt."""
+    emu = AmiEmulator(secret=SECRET, time_scale=0.2, plan=lambda n, v: default_plan("+15550000", v))
+    await emu.start()
+    store = MemoryStore()
+    cfg = campaign("rotated", agents=2, wrap="0.2s")
+    phones = [f"+1212555{3000 + i:04d}" for i in range(200)]
+    run = asyncio.create_task(run_sim_campaign(cfg, leads=leads(cfg.id, phones), store=store,
+                                               backend=backend(emu.port), clock=SystemClock()))
+    try:
+        await until(lambda: emu.originate_count >= 3 or run.done())
+        assert not run.done()
+        emu._secret = "rotated-on-the-pbx-only"
+        emu.drop_connections()
+        async with asyncio.timeout(30):
+            summary = await run
+    finally:
+        if not run.done():
+            run.cancel()
+        await emu.close()
+    assert "login refused" in summary["failed"]
+    rows = await store.results(cfg.id)
+    assert len(rows) < 50, "the run went on dialling after the PBX logged it out"
+    assert all(r["outcome"] in ("connected", "abandoned", "unknown", "failed") for r in rows)
+    assert "unknown" in {r["outcome"] for r in rows}  # the calls the link could no longer follow
+    untouched = [lead for lead in await store.claim_leads(cfg.id, 500, now=SystemClock().now() + 1, node_id="check",
+                                                          lease_s=60) if lead.attempts == 0]
+    assert len(untouched) >= 150
+
+
+async def test_while_the_pbx_is_unreachable_nothing_is_dialled_and_no_lead_is_spent() -> None:
+    """The only server goes away for a while: dialling pauses (a dial could only fail and spend the
+    lead's attempt), and resumes once the server is back; no call is recorded as failed."""
+    emu = AmiEmulator(secret=SECRET, time_scale=0.2, plan=lambda n, v: default_plan("+15550000", v))
+    await emu.start()
+    store = MemoryStore()
+    cfg = campaign("outage", agents=2, wrap="0.2s")
+    phones = [f"+1212555{4000 + i:04d}" for i in range(16)]
+    dialers: list[Any] = []
+    run = asyncio.create_task(run_sim_campaign(cfg, leads=leads(cfg.id, phones), store=store,
+                                               backend=backend(emu.port), clock=SystemClock(),
+                                               on_dialer=dialers.append))
+    try:
+        await until(lambda: emu.originate_count >= 3 or run.done())
+        await emu.close()  # the PBX is gone; the engine keeps trying to reconnect
+        await until(lambda: bool(dialers) and dialers[0].pbx_down)
+        dials_while_down = dialers[0].counters.dials
+        await asyncio.sleep(0.5)  # several pacing rounds with no server
+        assert dialers[0].counters.dials == dials_while_down
+        await emu.start()  # back (restarted: the calls it had are gone)
+        await until(lambda: not dialers[0].pbx_down)
+        async with asyncio.timeout(60):
+            summary = await run
+    finally:
+        if not run.done():
+            run.cancel()
+        await emu.close()
+    rows = await store.results(cfg.id)
+    outcomes = {r["outcome"] for r in rows}
+    assert "failed" not in outcomes, outcomes
+    assert len(rows) == len(phones) and summary["errors"] == 0

@@ -280,3 +280,93 @@ def test_a_results_file_that_cannot_be_written_loses_no_call(vrun, tmp_path):
     _, summary, store = vrun(run_script(cfg, {"L1": human(talk=30)}, results=writer))
     assert [r["outcome"] for r in vrun(store.results("t"))] == ["connected"]  # the store has it
     assert vrun(store.lead_counts("t"))["done"] == 1 and summary["errors"] == 1
+
+
+def test_a_burst_blocks_the_lead_on_dnc_and_the_one_over_its_cap_and_dials_the_rest(vrun):
+    """The pacer hands out five dials at once: their contexts are read in one call and their
+    reservations made in one call (the burst path), the lead on the DNC list and the one whose number
+    has had its call today are blocked, each for its rule, and the other three are dialled."""
+    from engine.store.memory import MemoryStore
+
+    class Counting(MemoryStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bursts: list[tuple[str, int]] = []
+
+        async def dial_contexts(self, leads, **kw):
+            self.bursts.append(("contexts", len(leads)))
+            return await super().dial_contexts(leads, **kw)
+
+        async def reserve_attempts(self, calls, **kw):
+            self.bursts.append(("reserve", len(calls)))
+            return await super().reserve_attempts(calls, **kw)
+
+    async def main():
+        from engine.store.base import Caps
+
+        store = Counting()
+        await store.add_dnc(["+12125550002"])
+        # +12125550003 was called today from another campaign: per-day cap 1 reached.
+        await store.add_leads([Lead("x", "other", "+12125550003")])
+        earlier = 1_767_600_000.0  # 2026-01-05 08:00 UTC, hours before the run's clock, the same day
+        [other] = await store.claim_leads("other", 1, now=earlier, node_id="n", lease_s=60)
+        call = CallAttempt("earlier", other, "other", 1)
+        assert (await store.reserve_attempt(call, now=earlier, day_key="2026-01-05",
+                                            caps=Caps(per_day=5, lock_s=1.0), node_id="n")).ok
+        cfg = campaign(retry={"max_attempts": 1}, caps={"per_day": 1, "per_24h": 5})
+        plans = {f"L{i}": human(talk=20) for i in range(1, 6)}
+        return await run_script(cfg, plans, agents=5, store=store, pacer=DialAll(), until=1800)
+
+    dialer, summary, store = vrun(main())
+    rows = vrun(store.results("t"))
+    assert sorted(r["lead_id"] for r in rows) == ["L1", "L4", "L5"]
+    assert {r["outcome"] for r in rows} == {"connected"}
+    blocks = vrun(store.blocks("t"))
+    assert sorted((b["lead_id"], b["rule"]) for b in blocks) == [("L2", "dnc"), ("L3", "cap_per_day")]
+    assert store.bursts[:2] == [("contexts", 5), ("reserve", 5)]
+    assert summary["dials"] == 3 and summary["errors"] == 0
+    assert summary["decision_ms"]["n"] == 5  # every dial decided, blocked or not, is timed
+
+
+def test_a_store_outage_in_the_middle_of_a_burst_dials_none_of_it(vrun, monkeypatch):
+    """The store takes the burst's reservations and then the connection drops (the reply is lost):
+    nothing of the burst is dialled, dialling pauses (fail closed), and once the store is back the
+    other leads are dialled; the ones whose reservations were taken are held, never dialled twice."""
+    import asyncio
+
+    from engine.pbx.sim import SimBackend
+    from engine.store.base import StoreUnavailable
+    from engine.store.memory import MemoryStore
+
+    dialled: list[tuple[float, str]] = []
+    orig = SimBackend.originate
+
+    async def spy(self, call, **kw):
+        dialled.append((asyncio.get_running_loop().time(), call.lead.lead_id))
+        return await orig(self, call, **kw)
+
+    monkeypatch.setattr(SimBackend, "originate", spy)
+
+    class DropsTheReply(MemoryStore):
+        failures = 1
+
+        async def reserve_attempts(self, calls, **kw):
+            res = await super().reserve_attempts(calls, **kw)
+            if self.failures and len(calls) > 1:
+                self.failures -= 1
+                self.lost = [c.lead.lead_id for c, r in zip(calls, res, strict=True) if r.ok]
+                raise StoreUnavailable("connection reset")
+            return res
+
+    store = DropsTheReply()
+    cfg = campaign(retry={"max_attempts": 1})
+    plans = {f"L{i:02d}": human(talk=20) for i in range(1, 31)}
+
+    dialer, summary, store = vrun(run_script(cfg, plans, agents=2, store=store, pacer=DialAll(), until=3600))
+    lost = set(store.lost)
+    assert 1 < len(lost) < len(plans)  # the first burst
+    assert not lost & {lead for _, lead in dialled}  # reserved but never confirmed: not dialled
+    assert sorted(lead for _, lead in dialled) == sorted(set(plans) - lost)  # the rest, once each
+    counts = vrun(store.lead_counts("t"))
+    assert counts["in_call"] == len(lost)  # held until their number locks lapse, then recorded as lost
+    assert summary["errors"] == 0

@@ -66,7 +66,8 @@ def emulator() -> Iterator[int]:
         stop_emulator(proc)
 
 
-def campaign(tmp_path: Path, port: int, *, secret_env: str = SECRET_ENV, mode: str = "predictive") -> Path:
+def campaign(tmp_path: Path, port: int, *, secret_env: str = SECRET_ENV, mode: str = "predictive",
+             transport: str = "native") -> Path:
     path = tmp_path / "ami.toml"
     path.write_text(f"""
 [campaign]
@@ -84,6 +85,7 @@ count_early_hangups = false  # the emulator's customers, ten times faster, lose 
 
 [asterisk]
 servers = [{{ host = "127.0.0.1", port = {port}, secret_env = "{secret_env}" }}]
+ami_transport = "{transport}"
 
 [results]
 dir = "{tmp_path / 'results'}"
@@ -103,8 +105,9 @@ def run(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*DIALER, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
-def test_a_campaign_runs_against_the_emulator_over_ami(tmp_path, emulator):
-    done = run("run", str(campaign(tmp_path, emulator)), "--realtime", "--json", "--quiet")
+@pytest.mark.parametrize("transport", ["native", "panoramisk"])
+def test_a_campaign_runs_against_the_emulator_over_ami(tmp_path, emulator, transport):
+    done = run("run", str(campaign(tmp_path, emulator, transport=transport)), "--realtime", "--json", "--quiet")
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)["after_drain"]  # figures once the calls in flight have ended
     rows = [json.loads(line) for f in (tmp_path / "results").glob("*.jsonl") for line in f.read_text().splitlines()]
@@ -120,14 +123,43 @@ def test_a_campaign_runs_against_the_emulator_over_ami(tmp_path, emulator):
     assert f"{summary['dials']:>8} {summary['live']:>8}" in report
 
 
-def test_a_wrong_secret_stops_the_run_with_a_clear_message(tmp_path, emulator):
-    cfg = campaign(tmp_path, emulator, secret_env="DIALER_E2E_WRONG")
+@pytest.mark.parametrize("transport", ["native", "panoramisk"])
+def test_a_wrong_secret_stops_the_run_with_a_clear_message(tmp_path, emulator, transport):
+    cfg = campaign(tmp_path, emulator, secret_env="DIALER_E2E_WRONG", transport=transport)
     env_wrong = {**ENV, "DIALER_E2E_WRONG": "not-the-secret"}
     # a refused login that retried forever would hit the subprocess timeout
     done = subprocess.run([*DIALER, "run", str(cfg), "--realtime", "--json", "--quiet"], cwd=ROOT, env=env_wrong,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1, done.stderr[-2000:]
     assert "the PBX refused our login" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_secret_changed_on_the_pbx_mid_run_stops_the_run_with_exit_1(tmp_path):
+    """The run has dialled; then the PBX's secret changes and the link drops. The reconnect is refused:
+    the run stops and says why (exit 1), its calls in flight are recorded as unknown, the compliance
+    report is written, and the leads not yet dialled are left alone instead of failed one by one."""
+    proc, port = start_emulator("--new-secret-after", "3")
+    try:
+        path = campaign(tmp_path, port)
+        path.write_text(path.read_text().replace('duration = "15s"', 'duration = "120s"')
+                        .replace("leads = 60", "leads = 400"))
+        done = run("run", str(path), "--realtime", "--json", "--quiet")
+    finally:
+        stop_emulator(proc)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "the run stopped itself: AMI login refused" in done.stderr and "Traceback" not in done.stderr
+    summary = json.loads(done.stdout)
+    assert "login refused" in summary["failed"]
+    rows = [json.loads(line) for f in (tmp_path / "results").glob("*.jsonl") for line in f.read_text().splitlines()]
+    assert 0 < len(rows) < 400
+    assert "failed" not in Counter(r["outcome"] for r in rows)  # no lead spent on a dial that could not be placed
+    assert next((tmp_path / "results").glob("*-compliance.txt")).read_text()
+
+
+def test_an_unknown_ami_transport_is_refused_before_anything_connects(tmp_path):
+    done = run("run", str(campaign(tmp_path, 5038, transport="starpy")), "--realtime", "--json", "--quiet")
+    assert done.returncode == 2 and "asterisk.ami_transport" in done.stderr and "panoramisk" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_a_campaign_on_a_real_pbx_refuses_virtual_time(tmp_path):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from helpers import campaign, human, run_script
 
 import plugins.followups as followups
 from engine.models import Lead, Outcome
 from engine.results_report import format_results_report, summarize_results
-from engine.retry import follow_up_delay, next_attempt_at
+from engine.retry import agreed_time, follow_up_delay, next_attempt_at
 
 DAY = 86400.0
 
@@ -27,6 +29,26 @@ def test_disposition_follow_up_and_customer_type_schedule():
     assert next_attempt_at(cfg, Outcome.CONNECTED, "think_about_it", 99, 1000.0) == 1000.0 + 2 * DAY
     assert next_attempt_at(cfg, Outcome.BUSY, None, 99, 1000.0) is None
     assert next_attempt_at(cfg, Outcome.CONNECTED, "sale", 1, 1000.0) is None
+
+
+def test_the_time_agreed_with_the_person_beats_the_dispositions_delay():
+    cfg = campaign(dispositions={"think_about_it": {"follow_up": "2d"}})
+    now = 1_800_000_000.0
+    lead = Lead("L1", "t", "+12125550001", attributes={"callback_requested_at": "2027-01-15T10:30:00+01:00"})
+    agreed = datetime.fromisoformat("2027-01-15T10:30:00+01:00").timestamp()
+    assert agreed > now
+    assert agreed_time(lead, now) == agreed
+    assert next_attempt_at(cfg, Outcome.CONNECTED, "think_about_it", 1, now, lead) == agreed
+    # Only for dispositions that create a follow-up: a sale stays final, a busy line keeps its retry.
+    assert next_attempt_at(cfg, Outcome.CONNECTED, "sale", 1, now, lead) is None
+    assert next_attempt_at(cfg, Outcome.BUSY, None, 1, now, lead) == now + cfg.retry.busy
+    # Once past (the follow-up was made), the disposition's own delay applies again.
+    assert next_attempt_at(cfg, Outcome.CONNECTED, "think_about_it", 2, agreed + 60, lead) == agreed + 60 + 2 * DAY
+    # A time without a zone, or not a time, is ignored rather than trusted.
+    for bad in ("2027-01-15T10:30:00", "next tuesday", ""):
+        lead.attributes["callback_requested_at"] = bad
+        assert agreed_time(lead, now) is None
+        assert next_attempt_at(cfg, Outcome.CONNECTED, "think_about_it", 1, now, lead) == now + 2 * DAY
 
 
 def test_follow_up_is_created_dialled_first_when_due_and_completed(vrun, monkeypatch):

@@ -341,3 +341,40 @@ def test_wrap_table_shortcut_gives_the_very_same_numbers(horizons):
     we = np.arange(0.0, est.wrap.edges[-1], WRAP_BIN)[:, None] + WRAP_BIN / 2
     direct = 1.0 - est.wrap.survival(we + h[None, :]) / np.maximum(est.wrap.survival(we), 1e-9)
     assert np.array_equal(est._wrap_table(h), direct)  # bit for bit, not approximately
+
+
+def test_a_run_freezes_start_up_for_the_collector_and_undoes_it_at_the_end():
+    """Full collections skip what was alive at start-up and, on a real clock, come rarely; all of it
+    is undone when the run ends, and a run inside another's leaves it to the outer one."""
+    import gc
+    import types
+
+    from engine.dialer import GC_THRESHOLDS, _quiet_gc
+
+    before = gc.get_threshold()
+    assert gc.get_freeze_count() == 0
+    undo = _quiet_gc(types.SimpleNamespace(virtual_time=False))
+    try:
+        assert undo is not None and gc.get_freeze_count() > 0 and gc.get_threshold() == GC_THRESHOLDS
+        inner = _quiet_gc(types.SimpleNamespace(virtual_time=False))  # nested: the freeze is the outer run's
+        assert inner is not None and gc.get_threshold() == GC_THRESHOLDS
+        inner()
+        assert gc.get_freeze_count() > 0 and gc.get_threshold() == GC_THRESHOLDS
+        assert _quiet_gc(types.SimpleNamespace(virtual_time=True)) is None  # nothing to do
+    finally:
+        undo()
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
+    undo = _quiet_gc(types.SimpleNamespace(virtual_time=True))  # virtual time: vloop's thresholds stand
+    assert gc.get_threshold() == before and gc.get_freeze_count() > 0
+    undo()
+    assert gc.get_freeze_count() == 0
+
+
+def test_a_simulated_run_leaves_nothing_frozen(vrun):
+    import gc
+
+    from helpers import campaign, human, run_script
+
+    cfg = campaign(retry={"max_attempts": 1})
+    vrun(run_script(cfg, {"L1": human()}))
+    assert gc.get_freeze_count() == 0

@@ -146,6 +146,43 @@ def test_cap_guard_holds_a_young_window_under_the_target_at_every_moment():
         assert not c.at_cap
 
 
+def test_cap_guard_eases_in_over_the_last_abandons_of_room():
+    # 30-day window of a new campaign, 1000 live answers: the cap allows 30 abandons. With 20 the guard
+    # is off; with room for 2 more (27 abandoned: 30 - 27 - 1 = 2 of the 4 abandons of room) it halves
+    # the allowance; one short of the cap it is the floor.
+    def allowance_at(abandoned: int, **kw) -> tuple[float, float]:
+        c = AbandonController(0.03, [30 * 86400], **kw)
+        c.level = 0.0
+        c.observe(0, 0, [AbandonCounts(abandoned, 1000)])
+        return c.guard, c.allowance
+
+    assert allowance_at(20)[0] == 1.0
+    guard, half = allowance_at(27)
+    assert guard == pytest.approx(0.5)
+    free = allowance_at(27, guard_room=0.0)[1]  # the all-or-nothing guard does not bind yet
+    assert half == pytest.approx(free * 0.5)
+    assert allowance_at(29)[1] == AbandonController(0.03, [30 * 86400]).floor
+    # Not before the window holds enough answers for its rate to mean anything.
+    c = AbandonController(0.03, [30 * 86400])
+    c.observe(0, 0, [AbandonCounts(2, 60)])
+    assert c.guard == 1.0 and not c.at_cap
+
+
+def test_controller_gain_falls_as_answers_are_counted():
+    c = AbandonController(0.03, [30 * 86400])
+    early = c.current_gain()
+    c.observe(1000, 30, [AbandonCounts(30, 1000)])
+    assert c.current_gain() < early / 3
+    assert c.current_gain() == c.gain_min
+    # So one abandon moves the allowance less later in the day than in its first minutes.
+    fresh = AbandonController(0.03, [30 * 86400], cap_guard_live=None)
+    seasoned = AbandonController(0.03, [30 * 86400], cap_guard_live=None)
+    seasoned.live_seen = 5000
+    for ctl in (fresh, seasoned):
+        ctl.observe(0, 1, [AbandonCounts(0, 0)])
+    assert fresh.level < seasoned.level < 0.5
+
+
 def test_cap_guard_follows_the_campaign(vrun):
     from helpers import campaign, run_script
 

@@ -3,8 +3,10 @@ hand-checked cases, the behaviour model, and reproducibility by seed."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -89,8 +91,11 @@ def test_fast_sf_matches_the_exact_one():
 
 
 def test_fast_decision_equals_the_full_marginal_risk_scan():
+    # The normal-approximation path: candidates one by one in plain floats, then in vector blocks, must
+    # give the very answer of the full marginal-risk vector.
     rng = np.random.default_rng(7)
     pacer = PredictivePacer()
+    pacer.exact_max = -1  # every snapshot on the normal path
     for _ in range(60):
         n = int(rng.integers(1, 60))
         s = snap(ready=int(rng.integers(0, 4)), on_call=tuple(rng.exponential(100, n)),
@@ -101,7 +106,65 @@ def test_fast_decision_equals_the_full_marginal_risk_scan():
             continue
         risk = pacer.marginal_risk(s, cap)
         over = np.flatnonzero(risk > s.allowance)
-        assert pacer.decide(s).dials == (int(over[0]) if over.size else cap)
+        expected = int(over[0]) if over.size else cap
+        assert pacer.decide(s).dials == expected
+        assert pacer.parts(s).first_over(cap, s.allowance) == expected
+
+
+def test_scalar_interpolation_is_numpys():
+    from engine.pacing.predictive import _Z, _sf_scalar
+
+    z = np.concatenate([np.random.default_rng(2).normal(0.0, 4.0, 5000), _Z, _Z + 1e-12, _Z - 1e-12, [-30.0, 30.0]])
+    assert np.array_equal(fast_sf(z), np.array([_sf_scalar(x) for x in z.tolist()]))
+
+
+def _brute_marginal(pacer: PredictivePacer, s: Snapshot, n: int) -> float:
+    """The exact marginal abandon risk of the (n+1)-th new dial, by enumerating every outcome."""
+    est = s.estimates
+    horizons, weight, ring_cdf, agent_horizons = pacer._grid(s)
+    calls = est.answered_within(np.asarray(s.ringing, dtype=float), horizons)
+    tq, wq = est.free_within(np.asarray(s.on_call, dtype=float), np.asarray(s.wrap_up, dtype=float), agent_horizons)
+    risk = []
+    for h in range(len(horizons)):
+        answers = [*calls[:, h], *[est.answer.p * ring_cdf[h]] * n]
+        frees = [*tq[:, h], *wq[:, h]]
+        total = 0.0
+        for outs in itertools.product((0, 1), repeat=len(answers) + len(frees)):
+            pr = math.prod(q if o else 1 - q for o, q in zip(outs, answers + frees, strict=True))
+            if s.waiting + sum(outs[:len(answers)]) >= s.ready + sum(outs[len(answers):]):
+                total += pr
+        risk.append(total)
+    return float(np.maximum.accumulate(np.array(risk)[::-1])[::-1] @ weight)
+
+
+def test_exact_path_matches_enumerating_every_outcome():
+    pacer = PredictivePacer()
+    cases = [snap(ready=1, on_call=(30.0, 200.0), wrap_up=(10.0,), ringing=(2.0, 9.0)),
+             snap(ready=0, on_call=(5.0, 60.0, 400.0), wrap_up=(13.0,), ringing=(1.0,), waiting=0),
+             snap(ready=2, on_call=(100.0,), ringing=(0.5, 3.0, 20.0))]
+    for s in cases:
+        risks = [_brute_marginal(pacer, s, n) for n in range(4)]
+        assert all(b >= a - 1e-12 for a, b in itertools.pairwise(risks))
+        assert pacer.marginal_risk(s, 4) == pytest.approx(risks, abs=1e-12)  # the path decide takes
+        for allowance in (0.01, 0.05, 0.1, 0.2, 0.3):
+            expected = next((n for n, r in enumerate(risks) if r > allowance), None)
+            if expected is None:
+                continue  # beyond the candidates enumerated
+            s2 = replace(s, allowance=allowance)
+            assert pacer.exact_first_over(s2, dial_cap(s2)) == expected
+            assert pacer.decide(s2).dials == expected  # few calls and agents: decided on the exact path
+
+
+def test_exact_path_for_small_teams_normal_for_large():
+    from engine.pacing.predictive import EXACT_TERMS
+
+    pacer = PredictivePacer()
+    calls = []
+    pacer.exact_first_over = lambda s, cap: calls.append("exact") or 0  # type: ignore[method-assign]
+    pacer.decide(snap(ready=1, on_call=(30.0,) * 4, ringing=(1.0,)))
+    pacer.decide(snap(ready=1, on_call=(30.0,) * EXACT_TERMS, ringing=(1.0,)))
+    pacer.decide(snap(ready=EXACT_TERMS + 1))  # a large team's first decision: all ready, nothing ringing
+    assert calls == ["exact"]
 
 
 def test_predictive_dials_nothing_without_agents():

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis
 from redis.crc import key_slot
-from redis_server import RedisServer, _free_port
+from redis_server import RedisServer, _free_port, dump_all
 
 from engine.crypto import DecryptError, FieldCipher, key_id
 from engine.models import CallAttempt, CallResult, Lead, Outcome, Veto, mask_phone
@@ -182,6 +182,39 @@ async def test_reservation_counts_and_locks_the_number(store: Store) -> None:
     assert (await dial(store, other, now=T0 + 31))[1] == ""
     [back] = await store.claim_leads("t", 1, now=T0 + 90, node_id="n1", lease_s=60)
     assert back.attempts == 1
+
+
+async def test_a_burst_reserves_in_order_and_refuses_only_what_it_must(store: Store) -> None:
+    """The Dialer decides a burst of dials at once: one lead on DNC, one over its per-day cap, a second
+    call to a number the burst has just locked (another campaign's lead), an unknown lead and a stale
+    claim are refused, each for its own rule, while the others are reserved and counted."""
+    caps = Caps(per_day=1, per_24h=10, lifetime=10, lock_s=60.0)
+    await store.add_leads([mk(f"l{i}", phone(i)) for i in range(6)]
+                          + [mk("u2", phone(2), campaign="u"), mk("u3", phone(3), campaign="u")])
+    leads = await store.claim_leads("t", 6, now=T0, node_id="n1", lease_s=60)
+    by_id = {lead.lead_id: lead for lead in leads}
+    u2, u3 = await store.claim_leads("u", 2, now=T0, node_id="n1", lease_s=60)
+    await store.add_dnc([phone(1)])
+    assert (await dial(store, u2, now=T0 - 600, caps=caps))[1] == ""  # phone(2) has had its call today
+    stale = dataclasses.replace(by_id["l5"], attempts=3)
+    ghost = mk("nobody", phone(9))
+    burst = [by_id["l0"], by_id["l1"], by_id["l2"], by_id["l3"], u3, ghost, by_id["l4"], stale]
+    ctxs = await store.dial_contexts(burst[:5], now=T0, day_keys=[DAY] * 5)
+    alone = [await store.dial_context(lead, now=T0, day_key=DAY) for lead in burst[:5]]
+    assert ctxs == alone
+    assert [(c.dnc, c.attempts_today) for c in ctxs] == [(False, 0), (True, 0), (False, 1), (False, 0), (False, 0)]
+    calls = [attempt(lead) for lead in burst]
+    res = await store.reserve_attempts(calls, now=T0, day_keys=[DAY] * len(calls), caps=caps, node_id="n1")
+    assert [r.rule for r in res] == ["", "dnc", "cap_per_day", "", "in_flight", "unknown_lead", "", "lease_lost"]
+    assert [r.ok for r in res] == [True, False, False, True, False, False, True, False]
+    assert all(r.reason for r in res if not r.ok)
+    assert (await store.lead_counts("t"))["in_call"] == 3
+    assert (await store.lead_counts("u"))["leased"] == 1  # u3 was refused: still this node's claim
+    # What was reserved is counted and locked; what was refused left nothing behind.
+    after = await store.dial_contexts([by_id["l0"], by_id["l1"], by_id["l3"]], now=T0 + 1, day_keys=[DAY] * 3)
+    assert [(c.in_flight, c.attempts_today) for c in after] == [(True, 1), (False, 0), (True, 1)]
+    assert await store.reserve_attempts([], now=T0, day_keys=[], caps=caps, node_id="n1") == []
+    assert await store.dial_contexts([], now=T0, day_keys=[]) == []
 
 
 async def test_lock_frees_itself_when_a_node_dies(store: Store) -> None:
@@ -389,29 +422,6 @@ async def test_lead_counts_through_a_lifecycle(store: Store) -> None:
 # -- Redis only ----------------------------------------------------------------------------
 
 
-def _dump(client: redis.Redis) -> list[str]:
-    """Every key and every value of every type in the database, as text."""
-    out: list[str] = []
-    for key in client.scan_iter(count=1000):
-        out.append(key)
-        kind = client.type(key)
-        if kind == "string":
-            out.append(client.get(key) or "")
-        elif kind == "hash":
-            out.extend(f"{k}={v}" for k, v in client.hgetall(key).items())
-        elif kind == "list":
-            out.extend(client.lrange(key, 0, -1))
-        elif kind == "set":
-            out.extend(client.smembers(key))
-        elif kind == "zset":
-            out.extend(f"{m}={s!r}" for m, s in client.zrange(key, 0, -1, withscores=True))
-        elif kind == "stream":
-            out.extend(f"{k}={v}" for _, fields in client.xrange(key) for k, v in fields.items())
-        else:
-            raise AssertionError(f"unexpected type {kind} for {key}")
-    return out
-
-
 async def _small_campaign(s: RedisStore) -> list[str]:
     """Leads, claims, every kind of outcome, DNC (global, campaign, file), blocks; returns the numbers."""
     numbers = [f"+4420794{i:05d}" for i in range(6)] + [f"+1415555{i:04d}" for i in range(6)]
@@ -427,6 +437,8 @@ async def _small_campaign(s: RedisStore) -> list[str]:
     await s.dial_context(leads[7], now=T0, day_key=DAY)
     await dial(s, leads[8], now=T0, finish=False)
     await s.add_dnc([numbers[9]])
+    listed = next(lead for lead in leads if lead.phone == numbers[9])
+    assert (await dial(s, listed, now=T0 + 2000))[1] == "dnc"  # the lead half, run beside it, is undone
     await s.add_dnc([numbers[10]], campaign_id="t")
     await s.release_lead(leads[11], now=T0, next_eligible=T0 + 5)
     stale = dataclasses.replace(leads[3], attempts=0)  # its stored count is 1 now; this copy still says 0
@@ -447,7 +459,7 @@ async def test_redis_holds_no_plain_phone_number(redis_url: str) -> None:
     finally:
         await s.close()
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    dump = _dump(client)
+    dump = dump_all(client)
     client.close()
     assert len(dump) > 50
     for number in numbers:
@@ -576,6 +588,109 @@ async def test_store_unavailable_when_the_server_stops(tmp_path: Any) -> None:
         server.stop()
 
 
+async def test_a_burst_costs_a_constant_number_of_round_trips(redis_url: str) -> None:
+    """Reading and reserving a burst of any size: one round trip to read, one to reserve, and one more
+    only when a reservation's half must be undone (counted on the client, whatever the burst's size)."""
+    s = RedisStore(redis_url, prefix="trips", index=INDEX)
+    trips: list[str] = []
+    pipeline, execute_command = s._redis.pipeline, s._redis.execute_command
+
+    def counted_pipeline(*a: Any, **k: Any) -> Any:
+        pipe = pipeline(*a, **k)
+        run = pipe.execute
+
+        async def execute(*a: Any, **k: Any) -> Any:
+            trips.append(f"pipeline of {len(pipe.command_stack)}")
+            return await run(*a, **k)
+
+        pipe.execute = execute
+        return pipe
+
+    async def counted_command(*a: Any, **k: Any) -> Any:
+        trips.append(str(a[0]))
+        return await execute_command(*a, **k)
+
+    try:
+        for size in (1, 10, 60):
+            cid = f"b{size}"
+            await s.add_leads([mk(f"{cid}-{i}", phone(1000 * size + i), campaign=cid) for i in range(size)])
+            leads = await s.claim_leads(cid, size, now=T0, node_id="n1", lease_s=60)
+            await s.dial_contexts(leads[:1], now=T0, day_keys=[DAY])  # scripts loaded
+            s._redis.pipeline, s._redis.execute_command = counted_pipeline, counted_command
+            trips.clear()
+            ctxs = await s.dial_contexts(leads, now=T0, day_keys=[DAY] * size)
+            assert len(ctxs) == size and len(trips) == 1, trips
+            trips.clear()
+            res = await s.reserve_attempts([attempt(lead) for lead in leads], now=T0, day_keys=[DAY] * size,
+                                           caps=BIG, node_id="n1")
+            assert all(r.ok for r in res) and len(trips) == 1, trips
+            s._redis.pipeline, s._redis.execute_command = pipeline, execute_command
+        # Refusals after the gate (DNC, a number already locked) undo the half that passed: one more trip.
+        await s.add_leads([mk(f"r-{i}", phone(9000 + i), campaign="r") for i in range(20)])
+        leads = await s.claim_leads("r", 20, now=T0, node_id="n1", lease_s=60)
+        await s.add_dnc([lead.phone for lead in leads[::3]])
+        s._redis.pipeline, s._redis.execute_command = counted_pipeline, counted_command
+        trips.clear()
+        res = await s.reserve_attempts([attempt(lead) for lead in leads], now=T0, day_keys=[DAY] * 20, caps=BIG,
+                                       node_id="n1")
+        assert [r.rule for r in res] == ["dnc" if i % 3 == 0 else "" for i in range(20)]
+        assert len(trips) == 2, trips
+        s._redis.pipeline, s._redis.execute_command = pipeline, execute_command
+        assert await s.lead_counts("r") == {"pending": 0, "leased": 7, "in_call": 13, "done": 0}
+    finally:
+        s._redis.pipeline, s._redis.execute_command = pipeline, execute_command
+        await s.close()
+
+
+async def test_a_burst_after_a_script_flush_reloads_and_runs_each_script_once(redis_url: str) -> None:
+    """A restarted server forgets the scripts: the burst's runs the server refused (NOSCRIPT) are sent
+    again once loaded; none of them had run, so nothing is counted twice."""
+    s = RedisStore(redis_url, prefix="flush", index=INDEX)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        await s.add_leads([mk(f"l{i}", phone(i)) for i in range(5)])
+        leads = await s.claim_leads("t", 5, now=T0, node_id="n1", lease_s=60)
+        client.script_flush()
+        res = await s.reserve_attempts([attempt(lead) for lead in leads], now=T0, day_keys=[DAY] * 5,
+                                       caps=BIG, node_id="n1")
+        assert all(r.ok for r in res)
+        ctxs = await s.dial_contexts(leads, now=T0 + 1, day_keys=[DAY] * 5)
+        assert [c.attempts_today for c in ctxs] == [1] * 5
+        assert (await s.lead_counts("t"))["in_call"] == 5
+    finally:
+        client.close()
+        await s.close()
+
+
+async def test_two_nodes_reserving_bursts_of_the_same_leads_dial_each_once(redis_url: str) -> None:
+    """Two nodes whose claims overlap (one's lease lapsed) reserve the same leads in bursts at once:
+    no lead is reserved by both (a lead whose two halves went to different nodes is reserved by
+    neither, and left as it was)."""
+    a = RedisStore(redis_url, prefix="bursts", index=INDEX)
+    b = RedisStore(redis_url, prefix="bursts", index=INDEX)
+    try:
+        await a.add_leads([mk(f"l{i}", phone(i)) for i in range(40)])
+        first = await a.claim_leads("t", 40, now=T0, node_id="a", lease_s=10)
+        second = await b.claim_leads("t", 40, now=T0 + 11, node_id="b", lease_s=60)  # a's leases lapsed
+        assert {lead.lead_id for lead in second} == {lead.lead_id for lead in first}
+        res_a, res_b = await asyncio.gather(
+            a.reserve_attempts([attempt(lead) for lead in first], now=T0 + 11, day_keys=[DAY] * 40, caps=BIG,
+                               node_id="a"),
+            b.reserve_attempts([attempt(lead) for lead in second], now=T0 + 11, day_keys=[DAY] * 40, caps=BIG,
+                               node_id="b"))
+        won = {lead.lead_id: r.ok for lead, r in zip(first, res_a, strict=True)}
+        for lead, r in zip(second, res_b, strict=True):
+            assert not (won[lead.lead_id] and r.ok), lead.lead_id  # never both
+        reserved = sum(r.ok for r in [*res_a, *res_b])
+        assert reserved >= 1 and {r.rule for r in [*res_a, *res_b] if not r.ok} <= {"in_flight", "lease_lost"}
+        assert await a.lead_counts("t") == {"pending": 0, "leased": 40 - reserved, "in_call": reserved, "done": 0}
+        ctxs = await a.dial_contexts(first, now=T0 + 12, day_keys=[DAY] * 40)
+        assert sum(c.in_flight for c in ctxs) == reserved == sum(c.attempts_today for c in ctxs)
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_every_script_keeps_its_keys_in_one_slot(redis_url: str) -> None:
     s = RedisStore(redis_url, prefix="slots", index=INDEX)
     s.script_calls = []
@@ -611,13 +726,39 @@ async def test_two_nodes_never_get_the_same_lead(redis_url: str) -> None:
             (a if i % 2 else b).claim_leads("t", 7, now=T0, node_id=f"n{i % 2}", lease_s=60) for i in range(60)))
         ids = [lead.lead_id for batch in claims for lead in batch]
         assert len(ids) == 300 and len(set(ids)) == 300
-        # The same number reserved from both nodes at once: exactly one wins.
+        # The same lead reserved ten times at once from both nodes (a lapsed lease, pushed to the extreme):
+        # never more than one reservation, and the lead is either in that call or back as it was. (Both
+        # halves of a reservation run side by side; when one call takes the number's lock and another the
+        # lead's count, each undoes its half and neither dials: safe, and only a race on one lead does it.)
         lead = next(batch[0] for batch in claims if batch)
         calls = [attempt(lead) for _ in range(10)]
         res = await asyncio.gather(*((a if i % 2 else b).reserve_attempt(c, now=T0, day_key=DAY, caps=BIG,
                                                                          node_id="n")
                                      for i, c in enumerate(calls)))
-        assert sorted(r.rule for r in res) == [""] + ["in_flight"] * 9
+        won = sum(r.ok for r in res)
+        assert won <= 1 and {r.rule for r in res if not r.ok} <= {"in_flight", "lease_lost"}
+        assert await a.lead_counts("t") == {"pending": 0, "leased": 300 - won, "in_call": won, "done": 0}
+        ctx = await a.dial_context(lead, now=T0 + 1, day_key=DAY)
+        assert (ctx.in_flight, ctx.attempts_today) == ((True, 1) if won else (False, 0))
+        # The same number, two campaigns' leads, reserved from both nodes at once: exactly one wins.
+        await a.add_leads([mk("x", phone(1000), campaign="x"), mk("y", phone(1000), campaign="y")])
+        [x] = await a.claim_leads("x", 1, now=T0, node_id="n0", lease_s=60)
+        [y] = await b.claim_leads("y", 1, now=T0, node_id="n1", lease_s=60)
+        for i in range(5):
+            cx, cy = attempt(x), attempt(y)
+            res = await asyncio.gather(a.reserve_attempt(cx, now=T0 + i, day_key=DAY, caps=BIG, node_id="n0"),
+                                       b.reserve_attempt(cy, now=T0 + i, day_key=DAY, caps=BIG, node_id="n1"))
+            assert sorted(r.rule for r in res) == ["", "in_flight"]
+            (won_call, winner), loser = ((cx, x), y) if res[0].ok else ((cy, y), x)
+            assert (await a.lead_counts(winner.campaign_id))["in_call"] == 1
+            assert (await a.lead_counts(loser.campaign_id))["leased"] == 1  # its lead half undone
+            await a.finish_attempt(won_call, result(won_call), now=T0 + i, next_eligible=T0, abandoned=False,
+                                   live=False)
+            [again] = await a.claim_leads(winner.campaign_id, 1, now=T0 + i, node_id="n", lease_s=60)
+            if winner is x:
+                x = again
+            else:
+                y = again
     finally:
         await a.close()
         await b.close()

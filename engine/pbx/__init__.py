@@ -2,6 +2,7 @@
 
 from engine.pbx.base import (
     Abandoned,
+    AgentSession,
     Answered,
     CallEvent,
     Connected,
@@ -11,11 +12,14 @@ from engine.pbx.base import (
     PbxAuthError,
     PbxBackend,
     PbxError,
+    PbxEvent,
+    PbxFailed,
     Ringing,
 )
 
 __all__ = [
     "Abandoned",
+    "AgentSession",
     "Answered",
     "CallEvent",
     "Connected",
@@ -25,5 +29,7 @@ __all__ = [
     "PbxAuthError",
     "PbxBackend",
     "PbxError",
+    "PbxEvent",
+    "PbxFailed",
     "Ringing",
 ]

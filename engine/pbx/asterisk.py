@@ -1,27 +1,57 @@
 """The ``asterisk`` backend: drives one or more Asterisk servers over AMI.
 
 Shape
-    One ``_Link`` per Asterisk server owns a TCP connection, framed by the
-    sans-IO :mod:`engine.pbx.ami.protocol`. Its reader never runs engine code:
-    it resolves action futures and puts every event on one ``asyncio.Queue``.
-    One consumer task, owned like every other long-lived task by the backend's
-    ``TaskGroup``, feeds that queue through each server's
+    One ``_Link`` per Asterisk server owns a TCP connection. Its reader never
+    runs engine code: it resolves action futures and puts every event on one
+    ``asyncio.Queue``. One consumer task, owned like every other long-lived task
+    by the backend's ``TaskGroup``, feeds that queue through each server's
     :class:`~engine.pbx.ami.correlator.Correlator` and calls the engine's sink,
     so call events leave in the order Asterisk produced them and a misbehaving
     sink cannot kill a connection.
 
-Why not panoramisk's ``Manager`` for the connection
-    panoramisk 1.4 was measured doing things a dialer must never do, and none of
-    them can be switched off through its public API: after a reconnect it
-    re-sends actions that had no reply yet (``awaiting_actions``, replayed on
+Transports (``[asterisk] ami_transport``)
+    Who turns bytes into AMI messages is a choice; everything above and below it
+    (login, the ActionID futures, heartbeat, reconnect, reconciliation, the
+    correlator, the rules below) is shared, and the same tests run on both.
+
+    ``"native"`` (the default): the engine's sans-IO framer
+    (:mod:`engine.pbx.ami.protocol`) over asyncio streams. It frames a whole
+    read at once, skips unneeded events before parsing them, bounds a frame
+    (an endless one is refused, not buffered), keeps UTF-8 split across reads
+    intact and accepts LF-only frames.
+
+    ``"panoramisk"``: panoramisk's ``AMIProtocol`` (an ``asyncio.Protocol``)
+    carries the socket and frames the bytes into its ``Message``; replies and
+    events are then routed by this module (:class:`_PanoramiskProtocol`). Its
+    ``Manager`` is not used, and its action registry is bypassed, because
+    panoramisk 1.4 was measured doing things a dialer must never do: after a
+    reconnect the Manager re-sends actions that had no reply yet (replayed on
     ``FullyBooted``), so an Originate whose acknowledgement was lost is dialled
-    twice; it parks async Originates' futures until their OriginateResponse and
-    silently drops them on a reconnect; a refused login neither raises nor stops
-    its reconnect timer (``connection_lost`` always re-arms it); its Ping never
-    checks the reply; a raising sync callback tears down the connection; and an
-    Originate without ``Async`` raises inside its read loop. Driving the socket
-    with our own framer over asyncio streams is a few dozen lines, and makes the
-    rules below enforceable rather than hoped for.
+    twice; it parks async Originates' futures until their OriginateResponse
+    (swallowing that event) and silently drops them on a reconnect; a refused
+    login neither raises nor stops its reconnect timer; its Ping never checks
+    the reply; a raising sync callback tears down the connection; and an
+    Originate without ``Async`` raises (``KeyError``) inside its read loop.
+    Here no action is ever re-sent, login and Ping replies are checked, nothing
+    raised while routing reaches asyncio, and replies resolve our own futures.
+    ``tests/test_ami_transport.py`` shows each of these on both transports.
+
+    Why native is the default: ingest rate. ``python -m simulations.ami_transport_rate``
+    feeds the real Asterisk 22 bytes of 300 answered calls (31,800 frames, in
+    64 KiB reads) through each transport's whole path (framing, routing,
+    prefilter, queue, correlator, sink), no sockets, best of three, on the
+    shared 2-CPU development machine (load 2-3): native 138,030 and 150,212
+    frames/s in two runs, panoramisk 37,037 and 39,268 frames/s (3.7-3.8x
+    slower: under cProfile ~85% of that path is
+    panoramisk's own ``Message.from_line`` and case-insensitive dict, built for
+    every frame; converting the ~20% of messages the correlator needs into the
+    engine's ``Message`` is ~14%). A real Asterisk sends ~96 events per answered
+    call: a few hundred concurrent calls are well within panoramisk's reach,
+    the issue-6 floods (~60k events/s) are not. The flood
+    (``simulations/flood.py``) builds its backend from the campaign, so it runs
+    native unless its campaign sets ``ami_transport = "panoramisk"``. Choose
+    panoramisk for a small deployment that prefers the community parser;
+    nothing else changes.
 
 Rules
     * Every action has a timeout (``action_timeout``); its ActionID future is
@@ -36,6 +66,10 @@ Rules
       drops the connection (a silent PBX is a dead PBX), then reconnect.
     * A refused login raises :class:`~engine.pbx.base.PbxAuthError` at once and
       the link stops: retrying a wrong secret only fills Asterisk's security log.
+      Refused on a reconnect mid-run, the link's calls in flight end as
+      ``unknown`` (nothing more will be heard of them) and, once every server
+      has refused, :class:`~engine.pbx.base.PbxFailed` tells the engine to stop
+      the run (``dialer run`` exits 1 and says why).
 
 Agent sessions
     Each agent's phone is called once at login (``agent_login``) and parked in
@@ -44,12 +78,16 @@ Agent sessions
     up: no ringing the agent, no answer delay, so the 2-second connect limit is
     spent waiting for a free agent and not on call set-up. When the customer
     hangs up, the agent's channel leaves the bridge and continues in the
-    holding context, ready for the next call. A session that vanished while the
-    link was down (the PBX restarted, or lost the channel) is called back at
-    once, with backoff, until it is up again or the agent logs out: otherwise
-    every later connect to that agent would fail and leave a customer in
-    silence. A session the agent ended by hanging up the phone is not called
-    back (that is how an agent leaves).
+    holding context, ready for the next call. A session that vanished (the PBX
+    restarted, the link was down and reconciliation no longer finds it, or its
+    channel hung up with any cause but 16) is called back at once, with
+    backoff, until it is up again or the agent logs out. A session hung up with
+    cause 16 (normal clearing: the agent put the phone down) is not called back
+    (that is how an agent leaves).
+    Either way the engine is told at once, with an ``AgentSession(agent_id,
+    up=False)`` event, and ``AgentSession(agent_id, up=True)`` when a session
+    comes back: the dialer pauses the agent meanwhile (``AgentPool.session_lost``),
+    because every connect to them would fail and leave a customer in silence.
 
 Several servers
     A customer can only be bridged to an agent whose session lives on the same
@@ -87,6 +125,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from panoramisk.ami_protocol import AMIProtocol
 
 from engine.models import CallAttempt, mask_phone
 from engine.pbx.ami.correlator import Correlator
@@ -99,12 +138,15 @@ from engine.pbx.ami.protocol import (
     RemoteProtocolError,
     format_action,
 )
-from engine.pbx.base import CallEvent, Ended, EventSink, PbxAuthError, PbxError
+from engine.pbx.base import AgentSession, CallEvent, Ended, EventSink, PbxAuthError, PbxError, PbxEvent, PbxFailed
 
 log = structlog.get_logger(__name__)
 
 MIN_RING_TIMEOUT_S = 15.0  # Ofcom-style minimum ring before giving up; also keeps carriers from flagging us
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+TRANSPORTS = ("native", "panoramisk")  # [asterisk] ami_transport: who frames the AMI bytes
+DEFAULT_TRANSPORT = "native"
+AGENT_HUNG_UP_CAUSE = "16"  # Q.850 normal clearing on an agent session: the agent put the phone down (leaving)
 
 
 # -- configuration --------------------------------------------------------------------------
@@ -157,6 +199,11 @@ class AsteriskConfig:
     reconnect_delay: float = 0.5  # first retry; doubles up to reconnect_max
     reconnect_max: float = 10.0
     agent_answer_timeout: float = 30.0  # how long agent_login waits for the agent to pick up
+    transport: str = DEFAULT_TRANSPORT  # who frames the AMI bytes: "native" or "panoramisk" (see the module doc)
+
+    def __post_init__(self) -> None:
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"unknown AMI transport {self.transport!r} (use one of: {', '.join(TRANSPORTS)})")
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> AsteriskConfig:
@@ -176,6 +223,8 @@ class AsteriskConfig:
                      "action_timeout", "ping_interval", "ping_timeout", "connect_timeout"):
             if getattr(settings, name, None) is not None:
                 kw[name] = getattr(settings, name)
+        if getattr(settings, "ami_transport", None) is not None:
+            kw["transport"] = settings.ami_transport
         if amd is not None:
             kw["amd"] = amd
         kw.update(overrides)
@@ -208,7 +257,10 @@ class _Agent:
 
 
 class _Link:
-    """One Asterisk server: connection, login, reader, heartbeat, reconnect."""
+    """One Asterisk server: connection, login, reader, heartbeat, reconnect. Bytes are framed by the
+    engine's own sans-IO framer (``ami_transport = "native"``); :class:`_PanoramiskLink` swaps that part."""
+
+    transport_name = "native"
 
     def __init__(self, index: int, server: AmiServer, cfg: AsteriskConfig, queue: asyncio.Queue[Any]) -> None:
         self.index = index
@@ -221,7 +273,9 @@ class _Link:
         self._pending: dict[str, _Pending] = {}
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._transport: asyncio.WriteTransport | None = None
         self._proto = AmiProtocol()
+        self._keep = self.correlator.prefilter(_WATCHED)
         self.ready = False
         self.auth_failed: PbxAuthError | None = None
         # Events read on this connection, and fed through the correlator: a flood compares them with
@@ -242,6 +296,7 @@ class _Link:
         async with asyncio.timeout(self.cfg.connect_timeout):
             reader, writer = await asyncio.open_connection(self.server.host, self.server.port)
         self._reader, self._writer, self._proto = reader, writer, AmiProtocol()
+        self._transport = writer.transport
         try:
             async with asyncio.timeout(self.cfg.action_timeout):
                 banner = await self._read_one()
@@ -261,11 +316,15 @@ class _Link:
             raise
         if m.response != "Success":
             writer.close()
-            self.auth_failed = PbxAuthError(f"AMI login refused for {self.server.username}@{self.server.label}: "
-                                            f"{m.get('Message') or m.response}")
-            raise self.auth_failed
+            raise self._refused(m)
         self.ready = True
         self.log.info("ami logged in", user=self.server.username)
+
+    def _refused(self, reply: Message) -> PbxAuthError:
+        """Remember a refused login (the link gives up; ``_pick`` reports it) and return the error."""
+        self.auth_failed = PbxAuthError(f"AMI login refused for {self.server.username}@{self.server.label}: "
+                                        f"{reply.get('Message') or reply.response}")
+        return self.auth_failed
 
     async def _read_one(self) -> Banner | Message | Closed:
         assert self._reader is not None
@@ -277,9 +336,27 @@ class _Link:
 
     def abort(self) -> None:
         """Drop the connection now (the reader sees EOF and the link reconnects)."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    async def _send(self, data: bytes) -> None:
+        """Write one serialised action (backpressure: wait while the socket buffer is full)."""
+        assert self._writer is not None
+        self._writer.write(data)
+        await self._writer.drain()
+
+    def send_nowait(self, data: bytes) -> None:
+        """Write without waiting (Logoff on close); silently nothing when not connected."""
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    async def close_transport(self) -> None:
+        """Close the socket and wait (bounded) until it is closed."""
         if self._writer is not None:
-            transport = self._writer.transport
-            transport.abort()
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    await self._writer.wait_closed()
 
     # -- running --------------------------------------------------------------------------
 
@@ -292,7 +369,11 @@ class _Link:
                 try:
                     await self.connect()
                 except PbxAuthError:
+                    # No way back in, so nothing more will be heard of this server's calls: they end
+                    # as unknown now (never redialled blindly), like calls a restart took, rather than
+                    # waiting for events that cannot come. Later originates here raise PbxAuthError.
                     self.log.error("ami login refused on reconnect; giving up on this server")
+                    self.queue.put_nowait((self.index, _Reconcile([], set(self.correlator.in_flight()))))
                     return
                 except (OSError, TimeoutError, PbxError) as exc:
                     self.log.info("ami reconnect failed", error=str(exc) or type(exc).__name__, retry_in=delay)
@@ -318,21 +399,32 @@ class _Link:
         """Frame everything a read brought, then queue its events as one batch: one queue item per
         read instead of one per event keeps the consumer's cost on the events, not on the queue."""
         assert self._reader is not None
-        proto, reader, dispatch = self._proto, self._reader, self._dispatch
-        # An event nobody here can use (no action waits for it, the backend does not watch it, the
-        # correlator says it cannot change a call) is counted and dropped unparsed.
-        keep = self.correlator.prefilter(_WATCHED)
+        proto, reader = self._proto, self._reader
+        self._keep = self.correlator.prefilter(_WATCHED)
         while True:
-            batch = [m for m in proto.messages(keep) if dispatch(m)]
-            if proto.skipped:
-                self.events_read += proto.skipped
-                self.events_correlated += proto.skipped  # the correlator's filter decided them
-                proto.skipped = 0
-            if batch:
-                self.queue.put_nowait((self.index, batch))
+            self._take_frames()
             if isinstance(proto.next_event(), Closed):
                 return
             proto.receive_data(await reader.read(262144))
+
+    def feed(self, data: bytes) -> None:
+        """Frame and route bytes as if read from the socket (the ingest measurement drives this)."""
+        self._proto.receive_data(data)
+        self._take_frames()
+
+    def _take_frames(self) -> None:
+        """Every complete frame buffered now: replies resolve their actions, events go to the queue as
+        one batch (one queue item per read, not per event, keeps the consumer's cost on the events).
+        An event nobody here can use (no action waits for it, the backend does not watch it, the
+        correlator says it cannot change a call) is counted and dropped unparsed."""
+        proto, dispatch = self._proto, self._dispatch
+        batch = [m for m in proto.messages(self._keep) if dispatch(m)]
+        if proto.skipped:
+            self.events_read += proto.skipped
+            self.events_correlated += proto.skipped  # the correlator's filter decided them
+            proto.skipped = 0
+        if batch:
+            self.queue.put_nowait((self.index, batch))
 
     def _dispatch(self, m: Message) -> bool:
         """Resolve action replies; True for an event the consumer must see. Reads no header an event
@@ -373,7 +465,12 @@ class _Link:
                 self.abort()
                 raise _LinkDown("heartbeat timeout") from None
             if reply.response != "Success":
-                self.log.warning("ami ping refused", message=reply.get("Message"))
+                # Asterisk answers every Ping of a logged-in session: a refusal means this socket no
+                # longer carries our session (a proxy re-routed it, the manager was reloaded), and its
+                # events cannot be trusted. Log in again on a fresh connection.
+                self.log.warning("ami ping refused; dropping the connection", message=reply.get("Message"))
+                self.abort()
+                raise _LinkDown("ping refused")
 
     def note_age(self, timestamp: str) -> None:
         """Update ``ingest_lag`` from an event's Timestamp header (wall-clock seconds at the PBX)."""
@@ -392,8 +489,8 @@ class _Link:
 
     def _down(self) -> None:
         self.ready = False
-        if self._writer is not None:
-            self._writer.transport.abort()
+        if self._transport is not None:
+            self._transport.abort()
         for p in self._pending.values():
             if not p.future.done():
                 p.future.set_exception(_LinkDown("AMI connection lost"))
@@ -416,9 +513,9 @@ class _Link:
         return f"dialer-{self.index}-{kind}-{next(self._ids)}"
 
     async def action(self, name: str, fields: Mapping[str, FieldValue] | None = None, *, action_id: str | None = None,
-                     limit: float | None = None, collect: bool = False) -> Any:
+                     limit: float | None = None, collect: bool = False, before_login: bool = False) -> Any:
         """Send one action and wait for its response (or its event list); always bounded."""
-        if not self.ready or self._writer is None:
+        if (not self.ready and not before_login) or self._transport is None or self._transport.is_closing():
             raise _LinkDown(f"not connected to {self.server.label}")
         aid = action_id or self._next_id(name.lower())
         try:
@@ -429,13 +526,162 @@ class _Link:
         self._pending[aid] = _Pending(fut, [] if collect else None)
         try:
             async with asyncio.timeout(limit or self.cfg.action_timeout):
-                self._writer.write(data)
-                await self._writer.drain()
+                await self._send(data)
                 return await fut
         except (ConnectionError, RuntimeError) as exc:
             raise _LinkDown(str(exc)) from None
         finally:
             self._pending.pop(aid, None)
+
+
+class _PanoramiskProtocol(AMIProtocol):  # type: ignore[misc]
+    """panoramisk's asyncio protocol: its ``data_received`` frames the bytes into its ``Message``; what
+    happens to each message is ours (``handle_message``), and so is what a lost connection means.
+
+    Overridden, and why (each is one of the measured pitfalls, see the module docstring):
+    ``handle_message`` -- panoramisk's action registry (``Action.multi``/``completed``) parks an async
+    Originate's future until its OriginateResponse, swallows that event, raises (``KeyError``) in the
+    read loop when ``Async`` is missing, and lets ``close()`` queue unanswered actions for a re-send;
+    here replies resolve our own ActionID futures and events go to the backend's queue, nothing else.
+    ``connection_lost`` -- panoramisk's calls back a ``Manager`` that reconnects on a timer and replays
+    those actions; here the link is told, fails its waiting actions and reconnects on its own terms.
+    ``data_received`` -- wrapped so that no exception can reach asyncio (which would close the
+    socket), and so that one read's events reach the queue as one batch.
+    """
+
+    def __init__(self, link: _PanoramiskLink) -> None:
+        super().__init__()
+        self.link = link
+        self.batch: list[Message] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.encoding = "utf-8"  # panoramisk reads it per chunk; its default is ascii
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            super().data_received(data)
+        except Exception:
+            self.link.log.exception("ami bytes could not be framed; skipped")
+        finally:
+            batch, self.batch = self.batch, []
+            if batch:
+                self.link.queue.put_nowait((self.link.index, batch))
+            if self.version is not None:
+                self.link.banner_seen()
+
+    def handle_message(self, message: Any) -> None:
+        try:
+            self.link.route(message, self.batch)
+        except Exception:  # one odd frame must not cost the connection
+            self.link.log.exception("ami message could not be routed; skipped")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.link.lost(exc)
+
+
+class _PanoramiskLink(_Link):
+    """:class:`_Link` with panoramisk's ``AMIProtocol`` carrying the bytes (``[asterisk] ami_transport =
+    "panoramisk"``). Login, heartbeat, reconnect, reconciliation and every rule are the shared ones."""
+
+    transport_name = "panoramisk"
+
+    def __init__(self, index: int, server: AmiServer, cfg: AsteriskConfig, queue: asyncio.Queue[Any]) -> None:
+        super().__init__(index, server, cfg, queue)
+        self._protocol: _PanoramiskProtocol | None = None
+        self._closed: asyncio.Future[None] | None = None
+        self._banner: asyncio.Future[None] | None = None
+        self._keep_h = self.correlator.prefilter_headers(_WATCHED)
+
+    async def connect(self) -> None:
+        """Connect through panoramisk's protocol, wait for the banner, log in (our action, our check)."""
+        secret = self.server.secret()
+        loop = asyncio.get_running_loop()
+        self._closed, self._banner = loop.create_future(), loop.create_future()
+        self._keep_h = self.correlator.prefilter_headers(_WATCHED)
+        async with asyncio.timeout(self.cfg.connect_timeout):
+            transport, protocol = await loop.create_connection(lambda: _PanoramiskProtocol(self),
+                                                               self.server.host, self.server.port)
+        self._transport, self._protocol = transport, protocol
+        try:
+            async with asyncio.timeout(self.cfg.action_timeout):
+                await self._banner
+            reply: Message = await self.action("Login", {"Username": self.server.username, "Secret": secret,
+                                                         "Events": "on"}, before_login=True)
+        except BaseException:
+            transport.close()
+            raise
+        if reply.response != "Success":
+            transport.close()
+            raise self._refused(reply)
+        self.ready = True
+        self.log.info("ami logged in", user=self.server.username, transport=self.transport_name)
+
+    def banner_seen(self) -> None:
+        if self._banner is not None and not self._banner.done():
+            self._banner.set_result(None)
+
+    def lost(self, exc: Exception | None) -> None:
+        """The socket is gone: fail every waiting action now (nothing is ever re-sent) and wake the reader."""
+        self.ready = False
+        for p in self._pending.values():
+            if not p.future.done():
+                p.future.set_exception(_LinkDown("AMI connection lost"))
+        if self._banner is not None and not self._banner.done():
+            self._banner.set_exception(PbxError("connection closed before the AMI banner"))
+            self._banner.exception()  # retrieved: nobody may be waiting for it any more
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+
+    async def _read_loop(self) -> None:
+        """panoramisk reads in its own callbacks; this only waits for the connection to end."""
+        assert self._closed is not None
+        await asyncio.shield(self._closed)
+
+    def route(self, pm: Any, batch: list[Message]) -> None:
+        """One panoramisk message: a reply resolves its action, an event the backend can use joins
+        ``batch``; the rest is counted and dropped (as the native framer's prefilter does)."""
+        ev = pm.get("Event")
+        if ev is not None:
+            aid = pm.get("ActionID")
+            if (aid is None or aid not in self._pending) and not self._keep_h(ev, pm):
+                self.events_read += 1
+                self.events_correlated += 1  # the correlator's filter decided it
+                return
+        m = _from_panoramisk(pm)
+        if self._dispatch(m):
+            batch.append(m)
+
+    def feed(self, data: bytes) -> None:
+        """Bytes into panoramisk's ``data_received`` (the ingest measurement drives this)."""
+        assert self._protocol is not None
+        self._protocol.data_received(data)
+
+    async def _send(self, data: bytes) -> None:
+        # panoramisk's protocol has no write flow control: actions are few and small, so the
+        # transport's buffer is the queue.
+        assert self._transport is not None
+        self._transport.write(data)
+
+    async def close_transport(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            if self._closed is not None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(1.0):
+                        await asyncio.shield(self._closed)
+
+
+def _from_panoramisk(pm: Any) -> Message:
+    """panoramisk's case-insensitive ``Message`` (repeated keys as lists) as the engine's ``Message``."""
+    items: list[tuple[str, str]] = []
+    for k, v in pm.items():
+        if isinstance(v, list):
+            items.extend((k, x) for x in v)
+        else:
+            items.append((k, v))
+    return Message(items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,7 +705,8 @@ class AsteriskBackend:
             config = AsteriskConfig.from_settings(config)
         self.cfg: AsteriskConfig = config
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._links = [_Link(i, s, config, self._queue) for i, s in enumerate(config.servers)]
+        link_class = _PanoramiskLink if config.transport == "panoramisk" else _Link
+        self._links = [link_class(i, s, config, self._queue) for i, s in enumerate(config.servers)]
         self._route: dict[str, _Link] = {}
         self._agents: dict[str, _Agent] = {}
         self._agent_by_action: dict[str, _Agent] = {}
@@ -470,6 +717,7 @@ class AsteriskBackend:
         self._tg: asyncio.TaskGroup | None = None
         self._wanted: set[str] = set()  # agents logged in (and not out): sessions to keep up
         self._restoring: set[str] = set()
+        self._down_reported: set[str] = set()  # agents told to the engine as AgentSession(up=False)
         self._rr = itertools.count()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -508,9 +756,9 @@ class AsteriskBackend:
             self._runner = None
             self._tg = None
         for link in self._links:
-            if link.ready and link._writer is not None:
+            if link.ready:
                 with contextlib.suppress(Exception):
-                    link._writer.write(format_action("Logoff", link._next_id("logoff")))
+                    link.send_nowait(format_action("Logoff", link._next_id("logoff")))
         await self._close_links()
 
     async def _close_links(self) -> None:
@@ -520,43 +768,46 @@ class AsteriskBackend:
                 if not p.future.done():
                     p.future.set_exception(_LinkDown("backend closed"))
             link._pending.clear()
-            if link._writer is not None:
-                link._writer.close()
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(1.0):
-                        await link._writer.wait_closed()
+            await link.close_transport()
 
     # -- events ---------------------------------------------------------------------------
 
     async def _consume(self) -> None:
         while True:
             index, item = await self._queue.get()
-            link = self._links[index]
-            if isinstance(item, _Reconcile):
-                events = link.correlator.reconcile(item.rows, only=item.calls)
-                self._reconcile_agents(link, item.rows)
-                vanished = sum(1 for e in events if isinstance(e, Ended) and e.reason == "unknown")
-                link.log.info("ami reconciled", in_flight=len(link.correlator.in_flight()), vanished=vanished)
-                self._deliver(events)
+            self._consume_item(self._links[index], item)
+
+    def _consume_item(self, link: _Link, item: list[Message] | _Reconcile) -> None:
+        """One queue item: a reconciliation, or one read's events, through the server's correlator."""
+        if isinstance(item, _Reconcile):
+            if link.auth_failed is not None and all(other.auth_failed for other in self._links):
+                # Every server has refused our login on a reconnect: no call can be placed or
+                # followed any more, and nothing here will change that.
+                self._emit(PbxFailed(str(link.auth_failed)))
+            events = link.correlator.reconcile(item.rows, only=item.calls)
+            self._reconcile_agents(link, item.rows)
+            vanished = sum(1 for e in events if isinstance(e, Ended) and e.reason == "unknown")
+            link.log.info("ami reconciled", in_flight=len(link.correlator.in_flight()), vanished=vanished)
+            self._deliver(events)
+            return
+        feed, interested = link.correlator.feed, link.correlator.interested
+        for m in item:  # one read's events, in order
+            ev = m.event
+            if ev == "OriginateResponse" or ev == "Hangup":
+                self._watch_agents(m)
+            elif not interested(ev, m.raw):
+                continue  # e.g. a list event kept for its ActionID: cannot change any call
+            try:
+                events = feed(m.headers)
+            except Exception:  # a correlator bug must not stop every other call's events
+                link.log.exception("ami message could not be correlated", ami_event=ev)
                 continue
-            feed, interested = link.correlator.feed, link.correlator.interested
-            for m in item:  # one read's events, in order
-                ev = m.event
-                if ev == "OriginateResponse" or ev == "Hangup":
-                    self._watch_agents(m)
-                elif not interested(ev, m.raw):
-                    continue  # e.g. a list event kept for its ActionID: cannot change any call
-                try:
-                    events = feed(m.headers)
-                except Exception:  # a correlator bug must not stop every other call's events
-                    link.log.exception("ami message could not be correlated", event=ev)
-                    continue
-                if events:
-                    self._deliver(events)
-            link.events_correlated += len(item)
-            ts = item[-1].get("Timestamp")  # one parse per read, not per event
-            if ts:
-                link.note_age(ts)
+            if events:
+                self._deliver(events)
+        link.events_correlated += len(item)
+        ts = item[-1].get("Timestamp")  # one parse per read, not per event
+        if ts:
+            link.note_age(ts)
 
     def _deliver(self, events: Sequence[CallEvent]) -> None:
         for ev in events:
@@ -564,13 +815,13 @@ class AsteriskBackend:
                 self._route.pop(ev.call_id, None)
             self._emit(ev)
 
-    def _emit(self, ev: CallEvent) -> None:
+    def _emit(self, ev: PbxEvent) -> None:
         if self._sink is None:
             return
         try:
             self._sink(ev)
         except Exception:
-            log.exception("event sink raised", call_id=ev.call_id, event=type(ev).__name__)
+            log.exception("event sink raised", kind=type(ev).__name__, call_id=getattr(ev, "call_id", None))
 
     def _watch_agents(self, m: Message) -> None:
         if m.event == "OriginateResponse":
@@ -582,8 +833,21 @@ class AsteriskBackend:
             if a is not None:
                 self._drop_agent(a)
                 if not a.up.done():
-                    a.up.set_result(False)
-                log.warning("agent session ended", agent_id=a.agent_id, cause=m.get("Cause"))
+                    a.up.set_result(False)  # a login in progress: agent_login reports it
+                    return
+                cause = m.get("Cause") or "0"
+                left = cause == AGENT_HUNG_UP_CAUSE
+                log.warning("agent session ended", agent_id=a.agent_id, cause=cause,
+                            next="none: the agent hung up" if left else "calling the agent back")
+                self._session_down(a.agent_id, restore=not left)
+
+    def _session_down(self, agent_id: str, *, restore: bool) -> None:
+        """Tell the engine the agent can take no call (AgentSession down), and call them back if asked."""
+        if agent_id not in self._down_reported:
+            self._down_reported.add(agent_id)
+            self._emit(AgentSession(agent_id, False))
+        if restore:
+            self._restore_later(agent_id)
 
     def _reconcile_agents(self, link: _Link, rows: Sequence[Mapping[str, str]]) -> None:
         alive = {r.get("Uniqueid") for r in rows}
@@ -591,7 +855,7 @@ class AsteriskBackend:
             if a.link is link and a.uid not in alive and a.up.done():
                 self._drop_agent(a)
                 log.warning("agent session lost while disconnected; calling the agent back", agent_id=a.agent_id)
-                self._restore_later(a.agent_id)
+                self._session_down(a.agent_id, restore=True)
 
     def _restore_later(self, agent_id: str) -> None:
         if agent_id in self._wanted and agent_id not in self._restoring and self._tg is not None:
@@ -769,10 +1033,14 @@ class AsteriskBackend:
             raise PbxError(f"agent {agent_id} login failed: {exc}") from None
         self._wanted.add(agent_id)
         log.info("agent session up", agent_id=agent_id, ami=link.server.label)
+        if agent_id in self._down_reported:
+            self._down_reported.discard(agent_id)
+            self._emit(AgentSession(agent_id, True))
 
     async def agent_logout(self, agent_id: str) -> None:
         """Hang up the agent's parked channel; the session is forgotten even if the PBX is unreachable."""
         self._wanted.discard(agent_id)
+        self._down_reported.discard(agent_id)
         a = self._agents.get(agent_id)
         if a is None:
             return

@@ -66,7 +66,32 @@ class Ended:
 
 
 CallEvent = Ringing | Answered | Connected | Abandoned | OptOut | Ended
-EventSink = Callable[[CallEvent], None]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSession:
+    """An agent's PBX session (the phone line kept up between calls) is gone (``up`` False) or back.
+
+    Not a call event: it has no call id, and tells the engine that a connect to this agent would
+    fail, so the agent must get no call until the session is back. Backends without sessions that
+    can fail (``sim``) never send it."""
+
+    agent_id: str
+    up: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PbxFailed:
+    """The backend can place and follow no call any more, and will not recover by itself (every
+    server refused our login on a reconnect: a secret changed on the PBX only). The engine stops the
+    run and reports why, instead of waiting for events that cannot come or spending leads on dials
+    that cannot be placed. Never sent for a connection that may come back (that is reconnected)."""
+
+    reason: str
+
+
+PbxEvent = CallEvent | AgentSession | PbxFailed
+EventSink = Callable[[PbxEvent], None]
 
 
 class PbxError(Exception):
@@ -90,7 +115,8 @@ class PbxBackend(Protocol):
         """Connect (log in) and deliver every call event to ``sink`` from now on.
 
         ``sink`` is synchronous and must not raise; backends call it from their
-        read loop. Raises ``PbxAuthError`` on refused credentials.
+        read loop. It receives call events and, from backends with agent sessions,
+        :class:`AgentSession` changes. Raises ``PbxAuthError`` on refused credentials.
         """
 
     async def close(self) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from engine.models import Q850, AnswerKind, CallAttempt
-from engine.pbx.base import Abandoned, Answered, CallEvent, Connected, Ended, EventSink, PbxError, Ringing
+from engine.pbx.base import Abandoned, Answered, CallEvent, Connected, Ended, EventSink, OptOut, PbxError, Ringing
 
 
 @dataclass(slots=True)
@@ -31,6 +31,8 @@ class CallPlan:
     patience: float = 5.0  # a live person hangs up after this much silence
     cause: int = Q850.NORMAL_CLEARING
     end_after: float = 0.0
+    opt_out: bool = False  # sent to the abandon message, the person presses 9 ...
+    opt_out_after: float = 2.0  # ... this far into it (then hears a confirmation and hangs up)
 
 
 class Behaviour(Protocol):
@@ -42,7 +44,7 @@ class Behaviour(Protocol):
 class _Call:
     call: CallAttempt
     plan: CallPlan
-    state: str = "ringing"  # ringing | answered | connected | message | gone
+    state: str = "ringing"  # ringing | answered | connected | message | optout | gone
     timer: asyncio.TimerHandle | None = None
     agent_id: str | None = None
     extra: dict[str, float] = field(default_factory=dict)
@@ -53,10 +55,13 @@ class SimBackend:
 
     name = "sim"
 
-    def __init__(self, behaviour: Behaviour, *, amd: bool = False, abandon_message_s: float = 6.0) -> None:
+    def __init__(self, behaviour: Behaviour, *, amd: bool = False, abandon_message_s: float = 6.0,
+                 optout_message_s: float = 3.0) -> None:
         self.behaviour = behaviour
         self.amd = amd
         self.abandon_message_s = abandon_message_s
+        self.optout_message_s = optout_message_s  # the "you will not be called again" confirmation
+        self.opt_outs = 0
         self._sink: EventSink | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._calls: dict[str, _Call] = {}
@@ -117,8 +122,22 @@ class SimBackend:
         self.abandon_messages += 1
         self._emit(Abandoned(call_id))
         assert self._loop is not None
+        if c.plan.opt_out and not c.plan.machine:  # as dialer-abandon does: a 9 read during the message
+            c.timer = self._loop.call_later(min(c.plan.opt_out_after, self.abandon_message_s), self._opt_out, c)
+            return
         c.timer = self._loop.call_later(self.abandon_message_s, self._end, c, int(Q850.NORMAL_CLEARING),
                                         "normal")
+
+    def _opt_out(self, c: _Call) -> None:
+        """The person pressed 9: OptOut at once (the engine puts the number on DNC), then the
+        confirmation plays and the line is released, as in ``dialer-optout``."""
+        if c.state != "message":
+            return
+        c.state = "optout"
+        self.opt_outs += 1
+        self._emit(OptOut(c.call.call_id))
+        assert self._loop is not None
+        c.timer = self._loop.call_later(self.optout_message_s, self._end, c, int(Q850.NORMAL_CLEARING), "normal")
 
     async def hangup(self, call_id: str) -> None:
         c = self._calls.get(call_id)

@@ -8,7 +8,7 @@ clock (virtual in simulations), never read by the store itself.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -99,6 +99,24 @@ class Store(Protocol):
         copy: if the stored attempt count moved since the claim (the lease lapsed and
         another node dialled the lead) the reservation is refused as ``lease_lost``, so an
         attempt number is never dialled twice.
+        """
+
+    async def dial_contexts(self, leads: Sequence[Lead], *, now: float,
+                            day_keys: Sequence[str]) -> list[DialContext]:
+        """``dial_context`` for a burst of leads (``day_keys[i]`` is ``leads[i]``'s local date), in one
+        round trip: the pacer hands out dials in bursts, and a round trip per lead behind a busy event
+        loop is what made a decision slow under load (see BENCHMARKS.md, Floods)."""
+
+    async def reserve_attempts(self, calls: Sequence[CallAttempt], *, now: float, day_keys: Sequence[str],
+                               caps: Caps, node_id: str) -> list[Reservation]:
+        """``reserve_attempt`` for a burst of calls, each reservation as atomic as alone, in a constant
+        number of round trips; one ``Reservation`` per call, in order. Calls are decided in order, so
+        of two calls to one number in a burst the second is refused (``in_flight``).
+
+        An unknown lead is refused as ``unknown_lead`` (``reserve_attempt`` raises KeyError) so that the
+        burst's other reservations are not lost with it. On ``StoreUnavailable`` some of the burst may
+        have been reserved: the caller dials none of it, and those attempts are held and then recorded
+        as lost (see ``claim_leads``) -- never dialled twice.
         """
 
     async def finish_attempt(self, call: CallAttempt, result: CallResult, *, now: float,

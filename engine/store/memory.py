@@ -12,7 +12,7 @@ import heapq
 import itertools
 import operator
 from collections import defaultdict, deque
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import fields, replace
 from typing import Any
 
@@ -218,6 +218,23 @@ class MemoryStore:
         self._lost[key] = (call, now)
         heapq.heappush(self._waiting[lead.campaign_id], (now + caps.lock_s, next(self._seq), lead.lead_id))
         return Reservation(True)
+
+    async def dial_contexts(self, leads: Sequence[Lead], *, now: float,
+                            day_keys: Sequence[str]) -> list[DialContext]:
+        """One ``dial_context`` after the other: nothing here waits, so a burst costs what its leads do."""
+        return [await self.dial_context(lead, now=now, day_key=day_key)
+                for lead, day_key in zip(leads, day_keys, strict=True)]
+
+    async def reserve_attempts(self, calls: Sequence[CallAttempt], *, now: float, day_keys: Sequence[str],
+                               caps: Caps, node_id: str) -> list[Reservation]:
+        """One ``reserve_attempt`` after the other, in order (see ``Store.reserve_attempts``)."""
+        out = []
+        for call, day_key in zip(calls, day_keys, strict=True):
+            if (call.lead.campaign_id, call.lead.lead_id) not in self._leads:
+                out.append(Reservation(False, "unknown_lead", f"unknown lead {call.lead.lead_id!r}"))
+                continue
+            out.append(await self.reserve_attempt(call, now=now, day_key=day_key, caps=caps, node_id=node_id))
+        return out
 
     async def finish_attempt(self, call: CallAttempt, result: CallResult, *, now: float,
                              next_eligible: float | None, abandoned: bool, live: bool,

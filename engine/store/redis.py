@@ -38,10 +38,23 @@ decision (one Lua script in the number's slot: DNC global and campaign,
 invalid, in-flight lock, per-day and 24 h caps, the lifetime cap on the claimed
 lead's count, then lock and count), and the lead's bookkeeping (campaign slot:
 the stored attempt count re-checked against the lifetime cap and against the
-claimed copy's count, attempts + 1, in call, lease dropped; a disagreement undoes
-step one). The number lock taken in step one is what serialises attempts on a
-number (and so on a lead); a crash between the two leaves a counted, locked
-number that was never dialled -- a lost attempt, never a double dial.
+claimed copy's count, attempts + 1, in call, lease dropped). The number lock
+is what serialises attempts on a number (and so on a lead), the lead's count
+what admits one reservation per claim.
+
+The engine decides dials in bursts (``dial_contexts``, ``reserve_attempts``): a
+burst's reads are one script per number and one per campaign (the histories),
+in one pipeline. Its reservations send both halves side by side in one
+pipeline -- every call's number script, and one lead script per campaign for
+all its calls -- and a call is reserved when both halves pass. Where only one
+passed (rare after the gate), it is undone in a second round trip: the number's
+lock and counts (``unreserve``), or the lead's count and state, restored from
+what the lead script saved (``unreserved``). Both halves are needed, each admits
+one attempt at a time, so this is never a double dial; a crash before an undo
+leaves a counted number or a held lead, never a dialled one. A burst of any size
+costs one round trip to read and one to reserve, and about two commands per
+dial (redis-py's cost is per command).
+
 ``finish_attempt`` is likewise two scripts, each idempotent (a per-call mark),
 so the engine may retry it after a connection loss without counting anything
 twice.
@@ -123,7 +136,7 @@ import string
 import sys
 from array import array
 from collections import defaultdict
-from collections.abc import AsyncIterator, Collection, Iterable
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -135,7 +148,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine.crypto import FieldCipher
@@ -151,6 +164,11 @@ from engine.store.base import (
     abandon_bucket,
     lost_row,
 )
+
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - hiredis is a dependency; without it redis-py packs commands itself
+    _hiredis_pack = None
 
 log = structlog.get_logger("engine.store.redis")
 
@@ -205,7 +223,7 @@ local function reschedule(t, lead_id, ne)
   if not st then return end
   local tier = redis.call('HGET', lk, 'tier')
   redis.call('ZREM', t .. 'rdy:' .. tier, lead_id)
-  redis.call('HDEL', lk, 'lu', 'node', 'call', 'lost')
+  redis.call('HDEL', lk, 'lu', 'node', 'call', 'lost', 'pst', 'plu', 'pnode')
   if ne == '' then
     redis.call('HSET', lk, 'st', 'done')
     redis.call('ZREM', t .. 'wait', lead_id)
@@ -292,7 +310,7 @@ for _, id in ipairs(due) do
       redis.call('RPUSH', t .. 'hist:' .. id, f[7])
     end
     redis.call('HSET', lk, 'st', 'pending', 'ne', ARGV[2])
-    redis.call('HDEL', lk, 'lu', 'node', 'call', 'lost')
+    redis.call('HDEL', lk, 'lu', 'node', 'call', 'lost', 'pst', 'plu', 'pnode')
     redis.call('ZADD', t .. 'due', ARGV[2], id)
     set_status(t, 'in_call', 'pending')
     st = 'pending'
@@ -360,27 +378,85 @@ redis.call('EXPIRE', KEYS[6], $r24_ttl)
 return 'ok'
 """, day_ttl=DAY_TTL_S, r24_ttl=R24_TTL_S)
 
-# KEYS: wait, due, counts; ARGV: tag prefix, lead id, lifetime cap, attempts on the claimed copy,
-# lock expiry, call id, node, the result row recorded should this attempt be lost
-# Returns the new attempt count, -1 for an unknown lead, -2 when the stored count is at the cap,
-# -3 when the stored count moved since the claim (another node dialled the lead after a lapsed lease).
+# KEYS: wait, due, counts; ARGV: tag prefix, lifetime cap, node, lock expiry, then 4 values per call of
+# the campaign (a burst's calls that passed the number's script, in order): lead id, attempts on the
+# claimed copy, call id, the result row recorded should this attempt be lost.
+# Returns per call the new attempt count, -1 for an unknown lead, -2 when the stored count is at the
+# cap, -3 when the stored count moved since the claim (another node dialled the lead after a lapsed lease).
 _RESERVED = _RESCHEDULE + """
-local t, id = ARGV[1], ARGV[2]
-local lk = t .. 'lead:' .. id
-local f = redis.call('HMGET', lk, 'st', 'att', 'tier')
-local st = f[1]
-if not st then return -1 end
-if tonumber(f[2]) >= tonumber(ARGV[3]) then return -2 end
-if tonumber(f[2]) ~= tonumber(ARGV[4]) then return -3 end
-local att = redis.call('HINCRBY', lk, 'att', 1)
--- in a call: out of the queues, but held only as long as the number lock, so that a call whose
--- node died comes back (see the claim script) instead of staying in a call forever
-redis.call('HSET', lk, 'st', 'in_call', 'lu', ARGV[5], 'call', ARGV[6], 'node', ARGV[7], 'lost', ARGV[8])
-redis.call('ZREM', t .. 'rdy:' .. f[3], id)
-redis.call('ZADD', t .. 'wait', ARGV[5], id)
-redis.call('ZREM', t .. 'due', id)
-set_status(t, st, 'in_call')
-return att
+local t, cap, node, lu = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local out = {}
+for i = 5, #ARGV, 4 do
+  local id = ARGV[i]
+  local lk = t .. 'lead:' .. id
+  local f = redis.call('HMGET', lk, 'st', 'att', 'tier', 'lu', 'node')
+  local st = f[1]
+  if not st then
+    out[#out + 1] = -1
+  elseif tonumber(f[2]) >= cap then
+    out[#out + 1] = -2
+  elseif tonumber(f[2]) ~= tonumber(ARGV[i + 1]) then
+    out[#out + 1] = -3
+  else
+    out[#out + 1] = redis.call('HINCRBY', lk, 'att', 1)
+    -- in a call: out of the queues, but held only as long as the number lock, so that a call whose
+    -- node died comes back (see the claim script) instead of staying in a call forever
+    redis.call('HSET', lk, 'st', 'in_call', 'lu', lu, 'call', ARGV[i + 2], 'node', node, 'lost', ARGV[i + 3],
+               'pst', st, 'plu', f[4] or '', 'pnode', f[5] or '')
+    redis.call('ZREM', t .. 'rdy:' .. f[3], id)
+    redis.call('ZADD', t .. 'wait', lu, id)
+    redis.call('ZREM', t .. 'due', id)
+    set_status(t, st, 'in_call')
+  end
+end
+return out
+"""
+
+# KEYS: wait, due, counts; ARGV: tag prefix, now, then 2 values per call: lead id, call id.
+# Undoes the campaign half of a reservation whose number half was refused (they run side by side in one
+# round trip): the attempt count given back and the lead as it was before (``pst``/``plu``/``pnode``,
+# saved by the reservation): still leased to its holder, or pending, or closed. Only a lead still in
+# this very call is touched: while it is, no other node can claim, reserve or release it.
+_UNRESERVED = _RESCHEDULE + """
+local t = ARGV[1]
+for i = 3, #ARGV, 2 do
+  local id = ARGV[i]
+  local lk = t .. 'lead:' .. id
+  local f = redis.call('HMGET', lk, 'st', 'call', 'pst', 'plu', 'pnode', 'ne')
+  if f[1] == 'in_call' and f[2] == ARGV[i + 1] then
+    redis.call('HINCRBY', lk, 'att', -1)
+    if f[3] == 'leased' and f[4] and f[4] ~= '' then
+      redis.call('HSET', lk, 'st', 'leased', 'lu', f[4], 'node', f[5] or '')
+      redis.call('HDEL', lk, 'call', 'lost', 'pst', 'plu', 'pnode')
+      redis.call('ZADD', t .. 'wait', f[4], id)
+      redis.call('ZADD', t .. 'due', f[4], id)
+      set_status(t, 'in_call', 'leased')
+    elseif f[3] == 'done' then
+      reschedule(t, id, '')
+    else
+      reschedule(t, id, f[6] or ARGV[2])
+    end
+  end
+end
+return 1
+"""
+
+# KEYS: dnc, campaign dnc, invalid, lock, day counter, 24 h set, last abandon; ARGV: member, 24 h cutoff
+# (exclusive, as ZCOUNT reads it). What the pre-dial hooks need about one number, in one reply.
+_CONTEXT = """
+local m = ARGV[1]
+return {redis.call('SISMEMBER', KEYS[1], m), redis.call('SISMEMBER', KEYS[2], m),
+        redis.call('SISMEMBER', KEYS[3], m), redis.call('GET', KEYS[4]), redis.call('GET', KEYS[5]),
+        redis.call('ZCOUNT', KEYS[6], ARGV[2], '+inf'), redis.call('GET', KEYS[7])}
+"""
+
+# KEYS: counts (the campaign's slot); ARGV: tag prefix, then lead ids. Each lead's history, in order.
+_HISTORY = """
+local out = {}
+for i = 2, #ARGV do
+  out[#out + 1] = redis.call('LRANGE', ARGV[1] .. 'hist:' .. ARGV[i], 0, -1)
+end
+return out
 """
 
 # KEYS: lock, day counter, 24 h set; ARGV: call id. Undoes a reservation the lead's own count refused.
@@ -484,7 +560,10 @@ SCRIPTS = {
     "claim": _CLAIM,
     "reserve": _RESERVE,
     "reserved": _RESERVED,
+    "context": _CONTEXT,
+    "history": _HISTORY,
     "unreserve": _UNRESERVE,
+    "unreserved": _UNRESERVED,
     "finish_campaign": _FINISH_CAMPAIGN,
     "finish_number": _FINISH_NUMBER,
     "release": _RELEASE,
@@ -492,6 +571,19 @@ SCRIPTS = {
     "reencrypt": _REENCRYPT,
     "dnc_add": _DNC_ADD,
 }
+
+
+class _HiredisPacking:
+    """Commands packed by hiredis, in C, byte for byte what redis-py's asyncio connections produce in
+    Python (one copy of the growing buffer per argument: a burst's scripts carry hundreds of
+    arguments, and packing was the largest part of a decision's client-side time)."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str):  # a command name may hold several words ("CONFIG GET"), as redis-py splits
+            args = (*args[0].encode().split(), *args[1:])
+        elif b" " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        return [_hiredis_pack(args)]
 
 
 def _num(value: float) -> str:
@@ -531,6 +623,9 @@ class RedisStore:
                 socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout, retry=Retry(NoBackoff(), 1),
                 retry_on_error=[RedisConnectionError], health_check_interval=30,
             )
+            if _hiredis_pack is not None:  # whatever class the URL chose (TCP, TLS, unix socket), packing in C
+                pool.connection_class = type(f"Packing{pool.connection_class.__name__}",
+                                             (_HiredisPacking, pool.connection_class), {})
             self._redis = aioredis.Redis(connection_pool=pool)
         parsed = urlsplit(url)
         self._where = f"{parsed.hostname or parsed.path}:{parsed.port or ''}"  # never the password
@@ -567,6 +662,46 @@ class RedisStore:
         if self.script_calls is not None:
             self.script_calls.append((name, list(keys), tag))
         return await self._scripts[name](keys=keys, args=args)
+
+    async def _run_many(self, runs: list[tuple[str, tuple[list[str], list[Any]]]],
+                        tagged: Collection[str] = ()) -> list[Any]:
+        """Run scripts, ``(name, (keys, args))`` each, in one pipeline (one round trip); replies in
+        order. Each run is as atomic as alone (a pipeline is not a transaction: nothing more is
+        needed). Sent as EVALSHA with no ``SCRIPT EXISTS`` first (redis-py's pipelines send one on every
+        execute); runs the server did not know the script of (a restart, a failover) are re-sent once
+        it is loaded -- they did not run, so nothing is done twice. On a Redis Cluster, where redis-py
+        does not pipeline scripts, the runs go concurrently. ``tagged``: the scripts whose first
+        argument is the key tag they build their other keys from (``_run``'s ``tag``)."""
+        if not runs:
+            return []
+        if self.script_calls is not None:
+            self.script_calls.extend((name, list(keys), args[0] if name in tagged else None)
+                                     for name, (keys, args) in runs)
+        if self.cluster:
+            return list(await asyncio.gather(*(self._scripts[name](keys=keys, args=args)
+                                               for name, (keys, args) in runs)))
+        todo = list(range(len(runs)))
+        replies: list[Any] = [None] * len(runs)
+        for attempt in range(2):
+            pipe = self._redis.pipeline(transaction=False)
+            for i in todo:
+                name, (keys, args) = runs[i]
+                pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+            got = await pipe.execute(raise_on_error=False)
+            missing = []
+            for i, reply in zip(todo, got, strict=True):
+                if isinstance(reply, NoScriptError) and attempt == 0:
+                    missing.append(i)
+                elif isinstance(reply, Exception):
+                    raise reply
+                else:
+                    replies[i] = reply
+            if not missing:
+                break
+            for name in dict.fromkeys(runs[i][0] for i in missing):
+                await self._redis.script_load(self._scripts[name].script)
+            todo = missing
+        return replies
 
     def _blob(self, lead: Lead, ix: int) -> str:
         context = f"{lead.campaign_id}/{ix}"
@@ -645,55 +780,130 @@ class RedisStore:
     # -- dialling --------------------------------------------------------------------------
 
     async def dial_context(self, lead: Lead, *, now: float, day_key: str) -> DialContext:
-        ix = self._index(lead.phone)
-        n, m, t = self.number_tag(ix), member_of(ix), self.campaign_tag(lead.campaign_id)
+        return (await self.dial_contexts([lead], now=now, day_keys=[day_key]))[0]
+
+    async def dial_contexts(self, leads: Sequence[Lead], *, now: float,
+                            day_keys: Sequence[str]) -> list[DialContext]:
+        """One round trip for a burst: a script per lead in its number's slot (DNC, invalid, lock, day
+        and 24 h counts, last abandon) and one per campaign for the leads' histories, pipelined. Few
+        commands matter more than few keys here: redis-py's cost is per command (packing, a reply
+        read under its own timeout), and it was most of a decision's time under load."""
+        if not leads:
+            return []
+        cutoff = f"({_num(now - _DAY)}"
+        numbers = []
+        for lead, day_key in zip(leads, day_keys, strict=True):
+            ix = self._index(lead.phone)
+            n = self.number_tag(ix)
+            numbers.append(([n + "dnc", n + f"dnc:{lead.campaign_id}", n + "inv", n + f"lock:{ix}",
+                             n + f"day:{ix}:{day_key}", n + f"r24:{ix}", n + f"abn:{ix}"], [member_of(ix), cutoff]))
+        by_campaign: dict[str, list[int]] = defaultdict(list)
+        for i, lead in enumerate(leads):
+            by_campaign[lead.campaign_id].append(i)
+        histories = []
+        for cid, positions in by_campaign.items():
+            t = self.campaign_tag(cid)
+            histories.append(([t + "counts"], [t, *(leads[i].lead_id for i in positions)]))
         async with self._guard():
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.sismember(n + "dnc", m)
-            pipe.sismember(n + f"dnc:{lead.campaign_id}", m)
-            pipe.sismember(n + "inv", m)
-            pipe.get(n + f"lock:{ix}")
-            pipe.get(n + f"day:{ix}:{day_key}")
-            pipe.zcount(n + f"r24:{ix}", f"({_num(now - _DAY)}", "+inf")
-            pipe.get(n + f"abn:{ix}")
-            pipe.lrange(t + f"hist:{lead.lead_id}", 0, -1)
-            dnc, cdnc, inv, lock, day, r24, abn, hist = await pipe.execute()
-        return DialContext(
-            lead=lead, now=now, day_key=day_key,
-            attempts_today=int(day or 0), attempts_24h=int(r24),
-            dnc=bool(dnc) or bool(cdnc), invalid_number=bool(inv),
-            last_abandoned_at=float(abn) if abn is not None else None,
-            in_flight=lock is not None and float(lock.split(" ", 1)[0]) > now,
-            history=tuple(json.loads(h) for h in hist),
-        )
+            replies = await self._run_many([("context", call) for call in numbers]
+                                           + [("history", call) for call in histories], tagged=("history",))
+        hist: list[Any] = [None] * len(leads)
+        for positions, lists in zip(by_campaign.values(), replies[len(leads):], strict=True):
+            for i, rows in zip(positions, lists, strict=True):
+                hist[i] = rows
+        out = []
+        for lead, day_key, (dnc, cdnc, inv, lock, day, r24, abn), rows in zip(
+                leads, day_keys, replies[:len(leads)], hist, strict=True):
+            out.append(DialContext(
+                lead=lead, now=now, day_key=day_key,
+                attempts_today=int(day or 0), attempts_24h=int(r24),
+                dnc=bool(dnc) or bool(cdnc), invalid_number=bool(inv),
+                last_abandoned_at=float(abn) if abn is not None else None,
+                in_flight=lock is not None and float(lock.split(" ", 1)[0]) > now,
+                history=tuple(json.loads(h) for h in rows),
+            ))
+        return out
 
     async def reserve_attempt(self, call: CallAttempt, *, now: float, day_key: str, caps: Caps,
                               node_id: str) -> Reservation:
-        """Two round trips: the atomic decision in the number's slot (the lifetime cap judged on the
-        claimed lead's count), then the lead's own count, re-checked where it is stored; in the rare
-        case it disagrees (the lead was claimed again elsewhere after a lapsed lease), the
-        reservation is undone and refused as ``cap_lifetime``."""
+        res = (await self.reserve_attempts([call], now=now, day_keys=[day_key], caps=caps, node_id=node_id))[0]
+        if res.rule == "unknown_lead":
+            raise KeyError(f"unknown lead {call.lead.lead_id!r} in campaign {call.lead.campaign_id!r}")
+        return res
+
+    async def reserve_attempts(self, calls: Sequence[CallAttempt], *, now: float, day_keys: Sequence[str],
+                               caps: Caps, node_id: str) -> list[Reservation]:
+        """Each reservation has two halves, each an atomic script within one slot: the number's (DNC,
+        invalid, in-flight lock, per-day and 24 h caps, the lifetime cap judged on the claimed copy; then
+        lock and count) and the lead's (its stored count re-checked against the cap and the claimed
+        copy's; then attempts + 1, in a call). A call is reserved when both pass. A burst sends every
+        call's number half and one lead half per campaign, covering all its calls, in one pipeline: one
+        round trip, however many calls. Where one half passed and the other refused (rare after the
+        gate: a DNC entry or a cap the plugins did not see, a lapsed lease), the half that passed is
+        undone in a second round trip. Never a double dial: the number lock admits one attempt at a
+        time, the lead's count one reservation per claimed count, and a call needs both. The calls of
+        a burst run in order, so a second call to a number the burst has just locked sees the lock."""
+        if not calls:
+            return []
+        runs: list[tuple[str, tuple[list[str], list[Any]]]] = [
+            ("reserve", self._number_script(call, now, day_key, caps))
+            for call, day_key in zip(calls, day_keys, strict=True)]
+        by_campaign: dict[str, list[int]] = defaultdict(list)
+        for i, call in enumerate(calls):
+            by_campaign[call.campaign_id].append(i)
+        lu = _num(now + caps.lock_s)
+        for cid, positions in by_campaign.items():
+            t = self.campaign_tag(cid)
+            args: list[Any] = [t, caps.lifetime, node_id, lu]
+            for i in positions:
+                call = calls[i]
+                args += [call.lead.lead_id, call.lead.attempts, call.call_id,
+                         json.dumps(lost_row(call, now), separators=(",", ":"))]
+            runs.append(("reserved", ([t + "wait", t + "due", t + "counts"], args)))
+        async with self._guard():
+            replies = await self._run_many(runs, tagged=("reserved", "unreserved"))
+            verdicts = replies[:len(calls)]
+            counts: list[int] = [0] * len(calls)
+            for positions, got in zip(by_campaign.values(), replies[len(calls):], strict=True):
+                for i, c in zip(positions, got, strict=True):
+                    counts[i] = int(c)
+            undo: list[tuple[str, tuple[list[str], list[Any]]]] = [
+                ("unreserve", self._unreserve_script(calls[i], day_keys[i]))
+                for i in range(len(calls)) if verdicts[i] == "ok" and counts[i] < 0]
+            for cid, positions in by_campaign.items():
+                back = [i for i in positions if verdicts[i] != "ok" and counts[i] >= 0]
+                if back:
+                    t = self.campaign_tag(cid)
+                    undo.append(("unreserved", ([t + "wait", t + "due", t + "counts"], [
+                        t, _num(now), *(x for i in back for x in (calls[i].lead.lead_id, calls[i].call_id))])))
+            if undo:
+                await self._run_many(undo, tagged=("reserved", "unreserved"))
+        out = []
+        for verdict, c, day_key in zip(verdicts, counts, day_keys, strict=True):
+            if verdict != "ok":
+                out.append(_refusal(str(verdict), caps, day_key))
+            elif c < 0:
+                out.append(_refusal({-1: "unknown_lead", -2: "cap_lifetime"}.get(c, "lease_lost"), caps, day_key))
+            else:
+                out.append(_RESERVED_OK)
+        return out
+
+    def _number_script(self, call: CallAttempt, now: float, day_key: str,
+                       caps: Caps) -> tuple[list[str], list[Any]]:
+        """Keys and arguments of a reservation's first script, in the number's slot."""
         lead = call.lead
         ix = self._index(lead.phone)
-        n, t = self.number_tag(ix), self.campaign_tag(lead.campaign_id)
-        lock, day, r24 = n + f"lock:{ix}", n + f"day:{ix}:{day_key}", n + f"r24:{ix}"
-        async with self._guard():
-            keys = [n + "dnc", n + f"dnc:{lead.campaign_id}", n + "inv", lock, day, r24]
-            verdict = await self._run("reserve", keys, [
-                member_of(ix), _num(now), caps.per_day, caps.per_24h, "1" if lead.attempts >= caps.lifetime else "0",
-                f"{_num(now + caps.lock_s)} {call.call_id}", int((caps.lock_s + LOCK_SLACK_S) * 1000), call.call_id,
-                _num(now - _DAY)])
-            if verdict != "ok":
-                return _refusal(verdict, caps, day_key)
-            attempts = int(await self._run("reserved", [t + "wait", t + "due", t + "counts"], [
-                t, lead.lead_id, caps.lifetime, lead.attempts, _num(now + caps.lock_s), call.call_id, node_id,
-                json.dumps(lost_row(call, now), separators=(",", ":"))], t))
-            if attempts < 0:
-                await self._run("unreserve", [lock, day, r24], [call.call_id])
-                if attempts == -1:
-                    raise KeyError(f"unknown lead {lead.lead_id!r} in campaign {lead.campaign_id!r}")
-                return _refusal("cap_lifetime" if attempts == -2 else "lease_lost", caps, day_key)
-        return Reservation(True)
+        n = self.number_tag(ix)
+        return ([n + "dnc", n + f"dnc:{lead.campaign_id}", n + "inv", n + f"lock:{ix}", n + f"day:{ix}:{day_key}",
+                 n + f"r24:{ix}"],
+                [member_of(ix), _num(now), caps.per_day, caps.per_24h, "1" if lead.attempts >= caps.lifetime else "0",
+                 f"{_num(now + caps.lock_s)} {call.call_id}", int((caps.lock_s + LOCK_SLACK_S) * 1000),
+                 call.call_id, _num(now - _DAY)])
+
+    def _unreserve_script(self, call: CallAttempt, day_key: str) -> tuple[list[str], list[Any]]:
+        ix = self._index(call.lead.phone)
+        n = self.number_tag(ix)
+        return [n + f"lock:{ix}", n + f"day:{ix}:{day_key}", n + f"r24:{ix}"], [call.call_id]
 
     async def finish_attempt(self, call: CallAttempt, result: CallResult, *, now: float,
                              next_eligible: float | None, abandoned: bool, live: bool,
@@ -930,6 +1140,9 @@ def _pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+_RESERVED_OK = Reservation(True)
+
+
 def _refusal(rule: str, caps: Caps, day_key: str) -> Reservation:
     reasons = {
         "dnc": "number is on a do-not-call list",
@@ -939,5 +1152,6 @@ def _refusal(rule: str, caps: Caps, day_key: str) -> Reservation:
         "cap_24h": f"{caps.per_24h} calls in the last 24 h",
         "cap_lifetime": f"{caps.lifetime} attempts already made",
         "lease_lost": "the lead was dialled by another node after this node's lease lapsed",
+        "unknown_lead": "no such lead in the campaign",
     }
     return Reservation(False, rule, reasons.get(rule, rule))

@@ -16,7 +16,7 @@ from typing import Any
 
 from engine.hooks import hookimpl
 from engine.models import PREFERRED_AGENT_ATTR, Alert, Outcome
-from engine.retry import follow_up_delay
+from engine.retry import agreed_time, follow_up_delay
 
 PRIORITY = 1000.0  # added to the score while a follow-up is due: ahead of every fresh lead of its tier
 
@@ -40,7 +40,10 @@ def dialer_after_call(call: Any, result: Any, campaign: Any, store: Any) -> Any:
         if not attrs.get("priority"):
             attrs["priority"] = True
             lead.score += PRIORITY
-        attrs["follow_up_due"] = (call.wall_started.timestamp() if call.wall_started else 0.0) + delay
+        started = call.wall_started.timestamp() if call.wall_started else 0.0
+        # The time the agent agreed with the person (agent API), else the disposition's delay: the
+        # same time the engine schedules the next attempt for (engine.retry.next_attempt_at).
+        attrs["follow_up_due"] = agreed_time(lead, started) or started + delay
         attrs["follow_up_reason"] = call.disposition
         if rule.same_agent and call.agent_id:
             attrs[PREFERRED_AGENT_ATTR] = call.agent_id

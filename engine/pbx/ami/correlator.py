@@ -47,6 +47,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine.models import Q850, AnswerKind
 from engine.pbx.base import Abandoned, Answered, CallEvent, Connected, Ended, OptOut, Ringing
@@ -280,6 +281,23 @@ class Correlator:
             if event == "Newexten":
                 return marker in raw or "ActionID:" in raw
             return "ActionID:" in raw
+
+        return keep
+
+    def prefilter_headers(self, also: Iterable[str] = ()) -> Callable[[str, Mapping[str, Any]], bool]:
+        """:meth:`prefilter` for a transport that has already parsed the headers (panoramisk's
+        ``Message``): ``keep(event, headers)`` with the same answers, read from two headers at most."""
+        always = (_DECIDING - {"VarSet", "Newexten"}) | frozenset(also)
+        context = self.abandon_context
+
+        def keep(event: str, headers: Mapping[str, Any]) -> bool:
+            if event in always:
+                return True
+            if event == "VarSet":
+                return headers.get("Variable") == "AMDSTATUS" or "ActionID" in headers
+            if event == "Newexten":
+                return headers.get("Context") == context or "ActionID" in headers
+            return "ActionID" in headers
 
         return keep
 

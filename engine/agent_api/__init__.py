@@ -1,0 +1,11 @@
+"""The agent API: real people working a campaign over HTTP and WebSocket.
+
+``ApiDesk`` is the ``engine.desk.AgentDesk`` for humans (``[agents] desk = "api"``);
+``AgentApiServer`` serves it (aiohttp) inside the engine's event loop; ``Roster``
+says who holds which token. docs/agent-api.md describes the endpoints and events.
+"""
+
+from engine.agent_api.desk import ApiDesk, DeskError
+from engine.agent_api.tokens import Identity, Roster, TokenError
+
+__all__ = ["ApiDesk", "DeskError", "Identity", "Roster", "TokenError"]
