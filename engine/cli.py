@@ -118,6 +118,12 @@ async def _run_campaign(cfg: CampaignConfig, args: argparse.Namespace, console: 
 
     leads = None
     store = _build_store(cfg)
+    if hasattr(store, "check_layout"):  # data of an older key layout is never dialled against
+        try:
+            await store.check_layout()
+        except BaseException:
+            await store.close()
+            raise
     if args.leads:
         try:
             report = await _clean_leads(args.leads, cfg, store, cfg.campaign.default_region)
@@ -543,6 +549,54 @@ def cmd_store_reencrypt(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_store_calls(args: argparse.Namespace) -> int:
+    """Calls reserved and not finished, per node, with when their number locks lapse: a node that died
+    leaves its calls here (their numbers locked, their leads held) until then."""
+    opened = _shared_store(args)
+    if isinstance(opened, int):
+        return opened
+    cfg, store = opened
+
+    async def read() -> dict[str, list[float]]:
+        try:
+            return await store.calls_in_progress(cfg.id)
+        finally:
+            await store.close()
+
+    calls = asyncio.run(read())
+    if args.json:
+        print(json.dumps({node: {"calls": len(locks), "locks_lapse": locks} for node, locks in calls.items()}))
+        return EXIT_OK
+    if not calls:
+        print(f"campaign {cfg.id}: no call in progress")
+    for node, locks in calls.items():
+        first, last = (time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(x)) for x in (locks[0], locks[-1]))
+        print(f"campaign {cfg.id}: node {node}: {len(locks)} calls in progress; their number locks lapse "
+              f"from {first} to {last}")
+    if calls:
+        print("A node that is not running any more: its calls are recorded once as unknown and their leads "
+              "come back when the locks lapse (docs/operations.md, \"If a node dies\"); nothing to do.")
+    return EXIT_OK
+
+
+def cmd_store_migrate(args: argparse.Namespace) -> int:
+    """Convert a store written under an older key layout (engine/store/redis.py, "Layout versions")."""
+    opened = _shared_store(args)
+    if isinstance(opened, int):
+        return opened
+    _, store = opened
+
+    async def migrate() -> Any:
+        try:
+            return await store.migrate_layout(dry_run=args.dry_run)
+        finally:
+            await store.close()
+
+    report = asyncio.run(migrate())
+    print(f"{args.campaign}: redis {store.prefix!r}: {report.summary()}")
+    return EXIT_OK
+
+
 # -- dialer pbx-emulator ------------------------------------------------------------------
 
 
@@ -634,7 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("--output", help="also write the cleaned leads as JSONL (usable with `dialer run --leads`)")
     li.set_defaults(func=cmd_leads_import)
 
-    st = sub.add_parser("store", help="a shared (Redis) store: DNC lists, key rotation")
+    st = sub.add_parser("store", help="a shared (Redis) store: DNC lists, key rotation, layout migration")
     st_sub = st.add_subparsers(dest="store_command", required=True, metavar="ACTION")
     sd = st_sub.add_parser("dnc-load", help="bulk-load a do-not-call file",
                            description="Load a DNC file (one E.164 number per line; blank lines and # comments "
@@ -650,6 +704,21 @@ def build_parser() -> argparse.ArgumentParser:
                            "then the old key can be dropped.")
     se.add_argument("campaign", help="campaign TOML file")
     se.set_defaults(func=cmd_store_reencrypt)
+    sc = st_sub.add_parser("calls", help="calls in progress per node, and when their number locks lapse",
+                           description="List, per node, the campaign's calls reserved and not finished, with "
+                           "when their number locks lapse: a node that died holds its calls' leads and numbers "
+                           "until then (the PBX may still carry the calls). Read-only.")
+    sc.add_argument("campaign", help="campaign TOML file")
+    sc.add_argument("--json", action="store_true")
+    sc.set_defaults(func=cmd_store_calls)
+    sm = st_sub.add_parser("migrate", help="convert a store written under an older key layout",
+                           description="Convert the DNC and invalid-number sets and the per-number keys written "
+                           "under an older key layout (nodes refuse to dial until this is done). Stop every node "
+                           "first. Crash-safe and re-runnable: run it again after an interruption; on a current "
+                           "store it does nothing.")
+    sm.add_argument("campaign", help="campaign TOML file (gives the store; the whole deployment is converted)")
+    sm.add_argument("--dry-run", action="store_true", help="report what would be converted, write nothing")
+    sm.set_defaults(func=cmd_store_migrate)
 
     rp = sub.add_parser("report", help="reports on a campaign (results, compliance)")
     rp_sub = rp.add_subparsers(dest="report_command", required=True, metavar="REPORT")
@@ -725,6 +794,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, LeadFileError | PluginError):
             print(str(exc), file=sys.stderr)
             return EXIT_BAD_INPUT
+        if type(exc).__name__ == "StoreLayoutError":  # engine.store.redis, imported only with a Redis store
+            print(f"{getattr(args, 'campaign', '')}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
         raise
 
 

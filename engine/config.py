@@ -80,9 +80,23 @@ class AbandonSection(_Section):
     # answers are counted (a new campaign has no history for the controller's forecast to lean on).
     cap_guard: bool = True
     cap_guard_live: int = Field(default=100, ge=1)
+    # The guard eases in over this many abandons of room under the cap (the allowance scaled by room /
+    # cap_guard_room) instead of switching to the floor at the cap: a small team otherwise dials almost
+    # progressively for twenty minutes each time it touches the cap. 0: the old all-or-nothing switch.
+    cap_guard_room: float = Field(default=4.0, ge=0, le=100)
+    # The controller's integral gain starts at ``gain`` (quick to correct a wrong prior answer rate) and
+    # falls as gain x gain_live / (gain_live + live answers seen), down to ``gain_min``: a steady
+    # allowance buys more talk time for the same abandons. gain_min > 0 keeps the outer feedback loop
+    # alive all day (it is what corrects a biased model); gain_min = gain is a constant gain.
+    gain: float = Field(default=0.1, gt=0, le=1)
+    gain_min: float = Field(default=0.02, gt=0, le=1)
+    gain_live: float = Field(default=200.0, gt=0, le=1_000_000)
 
     @model_validator(mode="after")
     def _windows(self) -> AbandonSection:
+        if self.gain_min > self.gain:
+            raise ValueError(f"gain_min: {self.gain_min:g} is above gain ({self.gain:g}); the gain falls from "
+                             "gain to gain_min, so gain_min must be at most gain")
         if self.count_amd_false_positives and self.amd_false_positive_rate <= 0:
             raise ValueError("count_amd_false_positives: set amd_false_positive_rate, the share of AMD machine "
                              "verdicts that are really people (e.g. 0.05 from a sample of recordings)")

@@ -226,7 +226,9 @@ class Dialer:
         self.estimates = Estimates(answer_rate=p.initial_answer_rate, ring_timeout=p.ring_timeout)
         self.controller = AbandonController(cfg.abandon.target / 100.0, cfg.abandon.windows,
                                             cap_guard_live=cfg.abandon.cap_guard_live if cfg.abandon.cap_guard
-                                            else None)
+                                            else None, guard_room=cfg.abandon.cap_guard_room,
+                                            gain=cfg.abandon.gain, gain_min=cfg.abandon.gain_min,
+                                            gain_live=cfg.abandon.gain_live)
         self.counters = Counters()
         self.drain_timeout = drain_timeout if drain_timeout is not None else p.drain_timeout
         self._loop = asyncio.get_running_loop()
@@ -257,6 +259,8 @@ class Dialer:
         self._since_refresh = [0, 0]  # live, abandoned since the store counts were read
         self._since_observe = [0, 0]
         self._exhausted_check_at = -1e18
+        self._exhausted_wait = 0.0  # loop seconds before the next check (``_check_exhausted``)
+        self._exhausted_due: float | None = None  # wall time the store said a lead comes due
         self.started_at = 0.0
         self.store_down = False
         self.decision_times: deque[float] = deque(maxlen=100_000)  # per-dial gate + reservation, seconds
@@ -451,6 +455,8 @@ class Dialer:
             leads = await self.store.claim_leads(self.cfg.id, wanted, now=wall, node_id=self.node_id,
                                                  lease_s=self.cfg.pacing.lease, **by_tier)
             claimed = time.perf_counter()
+            if leads:  # leads came: the next short claim checks for the end at once
+                self._exhausted_wait, self._exhausted_due = 0.0, None
             burst: list[CallAttempt] = []
             for i, lead in enumerate(leads):
                 if i < decision.previews:  # the agent reads first: decided call by call (``_decide_alone``)
@@ -468,13 +474,26 @@ class Dialer:
             await self._check_exhausted()
 
     async def _check_exhausted(self) -> None:
+        """Stop when the campaign has no lead left, prompt on every node of a shared campaign without
+        a store read per pacing round. Called when a claim comes back short with nothing in flight: the
+        first time since leads last came, it asks at once; while the answer stays "leads remain" (a retry
+        not yet due, a lead another node holds) it asks again after 1 s, 2 s, 4 s ... at most 30 s apart,
+        and at once when the time the store gave (the earliest lead's due time) has passed and the claim
+        was still short (another node took that lead: it may have been the last). A claim that brings
+        leads starts over."""
         now = self._loop.time()
-        if now - self._exhausted_check_at < 30.0:
+        due = self._exhausted_due is not None and self.clock.now() >= self._exhausted_due
+        if now - self._exhausted_check_at < self._exhausted_wait and not due:
             return
         self._exhausted_check_at = now
-        if await self.store.next_eligible_at(self.cfg.id) is None:
+        self._exhausted_wait = min(max(2 * self._exhausted_wait, 1.0), 30.0)
+        due_at = await self.store.next_eligible_at(self.cfg.id)
+        if due_at is None:
             self.log.info("no lead left to dial")
             self.stop()
+        # only a time still ahead: a lead due already that this node cannot claim (another lane's tier)
+        # must not turn every round into a read
+        self._exhausted_due = due_at if due_at is not None and due_at > self.clock.now() else None
 
     async def _observe_abandons(self) -> None:
         """Keep the controller fed: campaign-wide window counts from the store, local counts in between."""

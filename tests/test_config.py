@@ -42,6 +42,20 @@ def test_abandon_target_30_is_refused(tmp_path):
     assert ":4: abandon.target:" in msg and "less than or equal to 5" in msg and "30" in msg
 
 
+def test_abandon_controller_settings_are_validated(tmp_path):
+    cfg = load_campaign(write(tmp_path, '[campaign]\nid = "x"\n[abandon]\ncap_guard_room = 2\ngain = 0.2\n'
+                                        'gain_min = 0.05\ngain_live = 300\n'), known_modes=MODES)
+    ab = cfg.abandon
+    assert (ab.cap_guard_room, ab.gain, ab.gain_min, ab.gain_live) == (2.0, 0.2, 0.05, 300.0)
+    msg = refused(tmp_path, '[campaign]\nid = "x"\n[abandon]\ngain_live = 0\ncap_guard_room = -1\n')
+    assert ":4: abandon.gain_live:" in msg and "greater than 0" in msg
+    assert ":5: abandon.cap_guard_room:" in msg and "greater than or equal to 0" in msg
+    msg = refused(tmp_path, '[campaign]\nid = "x"\n[abandon]\ngain = 0.05\ngain_min = 0.08\n')
+    assert "abandon: gain_min: 0.08 is above gain (0.05)" in msg
+    assert ":5: abandon.gain_min:" in refused(tmp_path, '[campaign]\nid = "x"\n[abandon]\ngain = 0.1\n'
+                                                         'gain_min = 0\n')
+
+
 def test_negative_ring_timeout_is_refused(tmp_path):
     msg = refused(tmp_path, '[campaign]\nid = "x"\n[pacing]\nring_timeout = "-5s"\n')
     assert "pacing.ring_timeout" in msg and "negative" in msg

@@ -389,6 +389,14 @@ def test_a_killed_node_loses_no_lead_and_none_is_dialled_twice(tmp_path: Path, r
 
         stop_when([n2], all_dialled)
         finish(n2)
+        # What an operator sees of the dead node: its calls, held until their number locks lapse (hours away)
+        listing = dialer("store", "calls", str(fast), "--json")
+        assert listing.returncode == 0, listing.stderr
+        held = json.loads(listing.stdout)
+        assert list(held) == ["n1"] and held["n1"]["calls"] == len(in_flight), held
+        assert all(lapse > time.time() + MAX_CALL_S / 2 for lapse in held["n1"]["locks_lapse"])
+        text = dialer("store", "calls", str(fast))
+        assert f"node n1: {len(in_flight)} calls in progress" in text.stdout and "n2" not in text.stdout
     finally:
         for p in (n1, n2):
             if p is not None and p.poll() is None:
@@ -503,5 +511,142 @@ def test_store_commands_load_a_dnc_file_and_rotate_the_data_key(tmp_path: Path, 
 def test_store_commands_need_a_shared_store(tmp_path: Path) -> None:
     cfg = tmp_path / "memory.toml"
     cfg.write_text('[campaign]\nid = "m"\n')
-    done = dialer("store", "reencrypt", str(cfg))
-    assert done.returncode == 2 and "works on a shared (Redis) store" in done.stderr
+    for command in (["reencrypt"], ["migrate", "--dry-run"], ["calls"]):
+        done = dialer("store", *command, str(cfg))
+        assert done.returncode == 2 and "works on a shared (Redis) store" in done.stderr, command
+
+
+class _Journalled(RedisStore):
+    """The real Redis store, writing what matters to the end of a run to a journal shared by the nodes:
+    each claim (how many leads came), each end-of-leads check (whether none was left), each finish
+    (whether it closed the lead)."""
+
+    def __init__(self, url: str, prefix: str, node: str, journal: list[tuple[str, str, int]],
+                 on_finish: Any = None) -> None:
+        super().__init__(url, prefix=prefix)
+        self.node, self.journal, self.on_finish = node, journal, on_finish
+
+    async def claim_leads(self, campaign_id: str, n: int, **kw: Any) -> list[Lead]:
+        got = await super().claim_leads(campaign_id, n, **kw)
+        self.journal.append(("claim", self.node, len(got)))
+        return got
+
+    async def next_eligible_at(self, campaign_id: str) -> float | None:
+        at = await super().next_eligible_at(campaign_id)
+        self.journal.append(("check", self.node, int(at is None)))
+        return at
+
+    async def finish_attempt(self, call: CallAttempt, result: CallResult, **kw: Any) -> None:
+        await super().finish_attempt(call, result, **kw)
+        self.journal.append(("finish", self.node, int(kw["next_eligible"] is None)))
+        if self.on_finish is not None:
+            self.on_finish()
+
+
+def test_every_node_of_a_shared_campaign_stops_within_a_few_rounds_of_its_end(tmp_path: Path,
+                                                                              redis_url: str) -> None:
+    """Two nodes in one process (one event loop, real time), each with its own connections to one redis-server.
+    Busy lines retry a second later, so a node that runs short of leads is told "leads remain" (a retry
+    not yet due) for a while before the end: it must still notice the end within a few pacing rounds of
+    the last call's finish (it used to look again only 30 s later), and without a read on every round."""
+    from engine.clock import SystemClock
+    from engine.config import load_campaign
+    from simulations.runner import run_sim_campaign
+
+    # Every call busy or failed (both retried a second later), two attempts a lead: three leads, dialled in
+    # two waves a second apart, on nodes of four agents. The second node starts when the first wave is over:
+    # short of leads with nothing in flight, it is told "leads remain" (the retries) before the second wave,
+    # and the campaign ends after it.
+    cfg = load_campaign(campaign(tmp_path, redis_url, "ends", caps=(5, 5, 4), max_attempts=2, busy_rate=0.95))
+    zone = _zone(12)
+    leads = [Lead(lead_id=f"L{i}", campaign_id="shared", phone=number(i), timezone=zone) for i in range(3)]
+    journal: list[tuple[str, str, int]] = []
+
+    async def go() -> None:
+        first_wave = asyncio.Event()
+
+        def finished() -> None:
+            if sum(e[0] == "finish" for e in journal) >= len(leads):
+                first_wave.set()
+
+        stores = [_Journalled(redis_url, "ends", f"n{i}", journal, finished) for i in (1, 2)]
+        try:
+            await stores[0].add_leads(leads)
+
+            async def node(i: int) -> None:
+                await run_sim_campaign(cfg, leads=[], store=stores[i], node_id=f"n{i + 1}", clock=SystemClock(),
+                                       seed=i + 1)
+                journal.append(("stopped", f"n{i + 1}", 1))
+
+            async def second_node_after_the_first_wave() -> None:
+                await first_wave.wait()
+                await node(1)  # short of leads at once, nothing in flight, and the retries not yet due
+
+            await asyncio.wait_for(asyncio.gather(node(0), second_node_after_the_first_wave()), GUARD_S)  # hang guard
+        finally:
+            for s in stores:
+                await s.close()
+
+    asyncio.run(go())
+    closed = [e for e in journal if e[0] == "finish" and e[2]]
+    assert len(closed) == len(leads)  # every lead ran to its end
+    assert len([e for e in journal if e[0] == "finish"]) == 2 * len(leads)  # two attempts each
+    told_remain = {e[1] for e in journal[:journal.index(closed[0])] if e[0] == "check" and not e[2]}
+    assert "n2" in told_remain, journal  # told "leads remain" before the end: the case at stake
+    last_end = max(i for i, e in enumerate(journal) if e[0] == "finish")
+    for node in ("n1", "n2"):
+        mine = [e for e in journal if e[1] == node]
+        assert mine[-1] == ("stopped", node, 1)
+        assert [e for e in mine if e[0] == "check"][-1] == ("check", node, 1)  # stopped because none was left
+        rounds_after = [e for e in journal[last_end:] if e[1] == node and e[0] == "claim"]
+        assert len(rounds_after) <= 10, (node, journal[last_end:])
+        claims = [e for e in mine if e[0] == "claim"]
+        checks = [e for e in mine if e[0] == "check"]
+        short = [e for e in claims if e[2] == 0]
+        assert len(checks) < len(short) or len(short) <= 3, (node, len(checks), len(short))
+
+
+def test_a_store_of_the_old_key_layout_is_refused_until_migrated(tmp_path: Path, redis_url: str) -> None:
+    """The old layout (65,536 DNC buckets: tag = the blind index's top 16 bits, member = its bits 16..46),
+    written as the old code wrote it; `dialer run` refuses it and names the fix, `dialer store migrate`
+    converts it (a dry run first, then for real, then again as a no-op), and the numbers stay blocked."""
+    from engine.pii import BlindIndex
+
+    index = BlindIndex.from_env()
+    cfg = campaign(tmp_path, redis_url, "legacy")
+    listed = [number(i) for i in range(40)]
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    for p in listed:
+        ix = index(p)
+        client.sadd(f"legacy:{{n:{ix >> 47}}}:dnc", (ix >> 16) & ((1 << 31) - 1))
+    before = sorted(client.scan_iter(match="legacy:*"))
+    client.close()
+    leads = write_leads(tmp_path, [(f"L{i}", number(i), _zone(12)) for i in range(35, 45)])
+
+    refused = dialer("leads", "import", str(leads), "--campaign", str(cfg))
+    assert refused.returncode == 1 and "dialer store migrate" in refused.stderr and "Traceback" not in refused.stderr
+    run = dialer("run", str(cfg), "--realtime", "--quiet", "--json", "--results", str(tmp_path / "r"))
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert "legacy:{meta}:layout" in run.stderr and "layout 1" in run.stderr
+    assert "dialer store migrate CAMPAIGN.toml" in run.stderr and "legacy:{n:" in run.stderr
+
+    dry = dialer("store", "migrate", str(cfg), "--dry-run")
+    assert dry.returncode == 0 and "would convert" in dry.stdout and "(40 entries)" in dry.stdout, dry.stderr
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    assert sorted(client.scan_iter(match="legacy:*")) == before  # a dry run writes nothing
+    client.close()
+    done = dialer("store", "migrate", str(cfg))
+    assert done.returncode == 0 and "layout none -> 2: converted" in done.stdout, done.stderr
+    again = dialer("store", "migrate", str(cfg))
+    assert again.returncode == 0 and "nothing to migrate" in again.stdout, again.stderr
+
+    assert store_call(lambda s: s.dnc_contains(listed), redis_url, "legacy") == [True] * 40
+    assert dialer("leads", "import", str(leads), "--campaign", str(cfg)).returncode == 0
+    node = start_node(cfg, "n1", tmp_path / "results")
+    wait_for([node], lambda: counts(redis_url, "legacy")[1] is None)
+    finish(node)
+    dialled = {r["lead_id"] for r in store_call(lambda s: s.results("shared"), redis_url, "legacy")}
+    blocked = {b["lead_id"] for b in store_call(lambda s: s.blocks("shared"), redis_url, "legacy")}
+    assert blocked == {f"L{i}" for i in range(35, 40)} and not dialled & blocked
+    idle = dialer("store", "calls", str(cfg))
+    assert idle.returncode == 0 and "campaign shared: no call in progress" in idle.stdout, idle.stderr

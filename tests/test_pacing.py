@@ -193,6 +193,26 @@ def test_cap_guard_follows_the_campaign(vrun):
     assert dialer.controller.cap_guard_live == 250
 
 
+def test_controller_settings_follow_the_campaign(vrun):
+    from helpers import campaign, run_script
+
+    dialer, _, _ = vrun(run_script(campaign(), {}))
+    ctl = dialer.controller
+    assert (ctl.guard_room, ctl.gain, ctl.gain_min, ctl.gain_live) == (4.0, 0.1, 0.02, 200.0)
+    cfg = campaign(abandon={"cap_guard_room": 0, "gain": 0.2, "gain_min": 0.05, "gain_live": 500})
+    dialer, _, _ = vrun(run_script(cfg, {}))
+    ctl = dialer.controller
+    assert (ctl.guard_room, ctl.gain, ctl.gain_min, ctl.gain_live) == (0.0, 0.2, 0.05, 500.0)
+    assert ctl.current_gain() == pytest.approx(0.2)
+
+
+def test_controller_refuses_settings_that_cannot_work():
+    with pytest.raises(ValueError, match="gain_live"):
+        AbandonController(0.03, [86400], gain_live=0)
+    with pytest.raises(ValueError, match="guard_room"):
+        AbandonController(0.03, [86400], guard_room=-1)
+
+
 def test_controller_margin_is_wider_with_few_calls():
     c = AbandonController(0.03, [86400], safety_z=1.65)
     assert c.working_target(0) < c.working_target(1000) < c.working_target(100000) < 0.03

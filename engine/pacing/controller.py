@@ -19,8 +19,9 @@ abandons cannot swing it: the controller neither overshoots early in the day
 nor starves the agents at its end.
 
 The integral gain falls as answers are counted (``gain`` x ``gain_live`` /
-(``gain_live`` + live answers seen), down to ``gain_min``): quick to correct a
-wrong prior in the first minutes, then steady. A steady allowance is worth
+(``gain_live`` + live answers seen), down to ``gain_min``: quick to correct a
+wrong prior in the first minutes, then steady; ``[abandon] gain``, ``gain_min``
+and ``gain_live`` in a campaign file). A steady allowance is worth
 occupancy in itself: the pacer's occupancy is concave in its allowance, so an
 allowance that jumps by a quarter at every abandon (as a fixed gain of 0.1 made
 it, from 0.005 to 0.08 within an hour at 10 agents) buys less talk time for the
@@ -33,8 +34,9 @@ So the cap guard (``[abandon] cap_guard``) holds each window's own measured rate
 under the legal target at every moment once ``cap_guard_live`` answers are
 counted: when one more abandon would put a window over, the allowance drops to
 the floor until the window is back under. The guard eases in rather than
-switching: over the last ``guard_room`` abandons of room under the cap the
-allowance is scaled down in proportion, so a window drifting towards the cap
+switching: over the last ``guard_room`` (``[abandon] cap_guard_room``)
+abandons of room under the cap the allowance is scaled down in proportion, so
+a window drifting towards the cap
 slows its abandons before it gets there instead of dialling almost
 progressively for twenty minutes once it does (which is what cost a 5-agent
 team 0.04 of occupancy on a fresh campaign's day). With history in the window
@@ -59,6 +61,12 @@ class AbandonController:
                  gain_min: float | None = 0.02, gain_live: float = 200.0) -> None:
         if not 0 < target < 1:
             raise ValueError("target is a fraction, e.g. 0.03")
+        # The campaign file is validated in engine.config; these catch a direct caller's slip, which would
+        # otherwise surface as a division by zero or a guard that never opens in the middle of a shift.
+        if gain_live <= 0:
+            raise ValueError("gain_live is a count of live answers, more than 0")
+        if guard_room < 0:
+            raise ValueError("guard_room is a number of abandons, 0 or more")
         self.target = target
         self.windows = tuple(windows)
         short = bool(self.windows) and min(self.windows) <= DAY

@@ -27,6 +27,10 @@ Every key starts with the deployment prefix and carries exactly one hash tag:
     (``day:<ix>:<date>``), calls in the last 24 h (``r24:<ix>``), last abandon
     (``abn:<ix>``).
 
+``<prefix>:{meta}:layout``
+    the key layout the deployment's data is written under (see "Layout versions"),
+    and ``<prefix>:{meta}:migration`` while a migration runs.
+
 The per-number state is tagged by the *DNC bucket* of the number, not by the
 number itself: the reservation script must read the DNC sets and update the
 number's counters atomically, and that is only possible if they share a slot.
@@ -105,6 +109,16 @@ raise it above the fullest bucket (4096 holds 10 M numbers: about 2,440 a bucket
 some 2,620 in the fullest); ``load_dnc_file`` logs a warning with a figure (twice
 the fullest bucket, as a power of two) when a bucket outgrows the server's setting.
 
+Layout versions
+---------------
+Layout 1 (before 447a927) had 65,536 buckets: tag = the index's top 16 bits, member = bits 16..46.
+Layout 2 (this one) has 4,096: tag = the top 12 bits, member = bits 20..50. Bucket tags 0..4,095 name
+keys in both, so the data alone cannot always say which layout wrote it: the layout key does. A store is
+checked before its first layout-dependent read or write (``check_layout``): with no layout key and no
+sign of layout 1 (a tag past 4,095, a number's key under its 16-bit tag) it is marked as layout 2,
+otherwise refused (``StoreLayoutError``) until ``migrate_layout`` (``dialer store migrate``) converts it:
+``migrate_member`` maps each old entry without knowing the number, as both keep contiguous index bits.
+
 Time
 ----
 Times are the engine's (wall clock, possibly virtual); the store never reads a
@@ -137,6 +151,7 @@ import sys
 from array import array
 from collections import defaultdict
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -190,6 +205,15 @@ BUCKET_TTL_S = 32 * 86_400
 CALL_MARK_TTL_S = 2 * 86_400
 MAX_WINDOW_DAYS = 40  # abandon_counts reads at most this many days back (buckets expire after 32)
 
+# Key layout versions (``<prefix>:{meta}:layout``). Layout 1: 2^16 number buckets (tag = the index's top
+# 16 bits, DNC/invalid member = its bits 16..46). Layout 2: 2^12 buckets (top 12 bits; member = bits 20..50).
+LAYOUT_VERSION = 2
+OLD_BUCKET_BITS = 16
+_OLD_MEMBER_SHIFT = 63 - OLD_BUCKET_BITS - MEMBER_BITS
+_SET_SUFFIX = re.compile(r"^(dnc|dnc:.+|inv)$")  # the bucketed integer sets (DNC global / campaign, invalid)
+_NUMBER_KEY = re.compile(r"^(?:lock|r24|abn|day):(\d+)(?::.*)?$")  # one number's own keys: the index is in the name
+_SWITCH_BATCH = 1000
+
 
 def bucket_of(ix: int) -> int:
     """The DNC bucket (and per-number hash tag) of a blind index."""
@@ -199,6 +223,17 @@ def bucket_of(ix: int) -> int:
 def member_of(ix: int) -> int:
     """The 31-bit intset member standing for a blind index inside its bucket (the index's next 31 bits)."""
     return (ix >> _MEMBER_SHIFT) & _MEMBER_MASK
+
+
+def migrate_member(old_bucket: int, old_member: int) -> tuple[int, int]:
+    """A layout-1 DNC/invalid entry (bucket = index bits 47..62, member = bits 16..46) as its layout-2
+    (bucket, member) (bits 51..62, bits 20..50). Both layouts keep contiguous bits of the index, so the
+    conversion needs no number: the new bucket is the old one's top 12 bits, the new member the old
+    bucket's low 4 bits above the old member's top 27 (its low 4 bits are dropped, as layout 2 keeps 20
+    fewer bits of the index: only more numbers can look alike, which blocks, never allows, a dial)."""
+    extra = OLD_BUCKET_BITS - BUCKET_BITS
+    return (old_bucket >> extra,
+            ((old_bucket & ((1 << extra) - 1)) << (MEMBER_BITS - extra)) | (old_member >> extra))
 
 
 # -- Lua -----------------------------------------------------------------------------------
@@ -573,6 +608,62 @@ SCRIPTS = {
 }
 
 
+# KEYS: final set, its staged layout-2 copy, the bucket's done mark. Switches one set to layout 2, once:
+# the staged copy replaces it (or, with nothing staged, the old set goes), and the mark says it is done so
+# that a re-run after a crash never deletes a set already switched.
+_LAYOUT_SWITCH = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('RENAME', KEYS[2], KEYS[1])
+else
+  redis.call('DEL', KEYS[1])
+end
+redis.call('SET', KEYS[3], '1')
+return 1
+"""
+
+
+class StoreLayoutError(Exception):
+    """The store's data was written under an older key layout (or a migration is unfinished): reading
+    it under the current one would miss DNC entries, so nothing is dialled until ``dialer store migrate``
+    has converted it."""
+
+
+@dataclass
+class LayoutReport:
+    """What ``RedisStore.migrate_layout`` found and did (or, dry, would do)."""
+
+    layout_before: str  # the layout key's value ("none" when absent)
+    state: str  # "current", "migrated", "stamped" (no layout-1 data: given the key), "would-stamp", "dry-run"
+    old_sets: int = 0  # layout-1 DNC/invalid sets found
+    entries: int = 0  # entries in them
+    new_sets: int = 0  # layout-2 sets written (staged, then switched)
+    number_keys: int = 0  # per-number keys (locks, caps, last abandon) moved to their layout-2 bucket
+    removed: int = 0  # layout-1 keys and migration marks deleted at the end
+    examples: list[str] = field(default_factory=list)  # a few of the old keys found
+    resumed: bool = False  # an interrupted migration carried on at its switch phase (the copy was done)
+
+    def summary(self) -> str:
+        """One paragraph for the operator."""
+        if self.state == "current":
+            return f"key layout {LAYOUT_VERSION} already; nothing to migrate" + (
+                f" (removed {self.removed} leftover layout-1 keys)" if self.removed else "")
+        if self.state in ("stamped", "would-stamp"):
+            done = "marked" if self.state == "stamped" else "would be marked (dry run: nothing written)"
+            return f"no layout-1 data found; nothing to migrate; the store {done} as key layout {LAYOUT_VERSION}"
+        if self.resumed and self.state == "dry-run":
+            return "would resume an interrupted migration at its switch phase. Nothing was written."
+        if self.resumed:
+            return (f"resumed an interrupted migration at its switch phase: layout {LAYOUT_VERSION} now; "
+                    f"removed {self.removed} layout-1 keys")
+        verb = "would convert" if self.state == "dry-run" else "converted"
+        text = (f"layout {self.layout_before} -> {LAYOUT_VERSION}: {verb} {self.old_sets} DNC/invalid sets "
+                f"({self.entries} entries) into {self.new_sets} sets, and move {self.number_keys} per-number keys")
+        if self.state == "dry-run":
+            return text + f"; e.g. {', '.join(self.examples[:3]) or '-'}. Nothing was written."
+        return text + f"; removed {self.removed} layout-1 keys"
+
+
 class _HiredisPacking:
     """Commands packed by hiredis, in C, byte for byte what redis-py's asyncio connections produce in
     Python (one copy of the growing buffer per argument: a burst's scripts carry hundreds of
@@ -630,7 +721,9 @@ class RedisStore:
         parsed = urlsplit(url)
         self._where = f"{parsed.hostname or parsed.path}:{parsed.port or ''}"  # never the password
         self._scripts = {name: self._redis.register_script(src) for name, src in SCRIPTS.items()}
+        self._scripts["layout_switch"] = self._redis.register_script(_LAYOUT_SWITCH)  # `dialer store migrate` only
         self.script_calls: list[tuple[str, list[str], str | None]] | None = None  # set to a list to record
+        self._layout_ok = False  # the key layout checked (``check_layout``): once per store object
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -736,6 +829,7 @@ class RedisStore:
     # -- leads -----------------------------------------------------------------------------
 
     async def add_leads(self, leads: Iterable[Lead], *, batch: int = 500) -> int:
+        await self._ensure_layout()
         by_campaign: dict[str, list[Lead]] = defaultdict(list)
         for lead in leads:
             by_campaign[lead.campaign_id].append(lead)
@@ -764,6 +858,7 @@ class RedisStore:
                           lease_s: float, tiers: Collection[int] | None = None) -> list[Lead]:
         if n <= 0:
             return []
+        await self._ensure_layout()
         t = self.campaign_tag(campaign_id)
         only = "*" if tiers is None else "," + ",".join(str(int(x)) for x in tiers) + ","
         async with self._guard():
@@ -790,6 +885,7 @@ class RedisStore:
         read under its own timeout), and it was most of a decision's time under load."""
         if not leads:
             return []
+        await self._ensure_layout()
         cutoff = f"({_num(now - _DAY)}"
         numbers = []
         for lead, day_key in zip(leads, day_keys, strict=True):
@@ -845,6 +941,7 @@ class RedisStore:
         a burst run in order, so a second call to a number the burst has just locked sees the lock."""
         if not calls:
             return []
+        await self._ensure_layout()
         runs: list[tuple[str, tuple[list[str], list[Any]]]] = [
             ("reserve", self._number_script(call, now, day_key, caps))
             for call, day_key in zip(calls, day_keys, strict=True)]
@@ -908,6 +1005,7 @@ class RedisStore:
     async def finish_attempt(self, call: CallAttempt, result: CallResult, *, now: float,
                              next_eligible: float | None, abandoned: bool, live: bool,
                              invalid_number: bool = False) -> None:
+        await self._ensure_layout()
         lead = call.lead
         ix = self._index(lead.phone)
         n, t = self.number_tag(ix), self.campaign_tag(call.campaign_id)
@@ -953,6 +1051,7 @@ class RedisStore:
         """SADD in bulk: members grouped per bucket, so a million numbers take 4,096 commands. Warns when
         a bucket outgrows ``set-max-intset-entries``: Redis then converts that set to a hash table, some
         ten times the memory per number (see the module docstring for the setting to use)."""
+        await self._ensure_layout()
         added, batch, largest = 0, [], 0
         for ix in indexes:
             batch.append(ix)
@@ -1023,6 +1122,7 @@ class RedisStore:
     async def _members(self, indexes: list[int], keys_of: Any) -> list[bool]:
         """For each blind index: a member of any of the bucket sets ``keys_of(ix)`` names; SMISMEMBER
         grouped per set, all in one pipeline."""
+        await self._ensure_layout()
         by_key: dict[str, list[tuple[int, int]]] = defaultdict(list)  # key -> (position, member)
         for pos, ix in enumerate(indexes):
             for key in keys_of(ix):
@@ -1085,6 +1185,28 @@ class RedisStore:
             first = await self._redis.zrange(self.campaign_tag(campaign_id) + "due", 0, 0, withscores=True)
         return float(first[0][1]) if first else None
 
+    async def calls_in_progress(self, campaign_id: str) -> dict[str, list[float]]:
+        """Per node: when the number lock of each call it reserved and has not finished lapses (wall
+        time), earliest first. A node that died leaves its calls here until then (the PBX may still carry
+        them); what an operator reads to tell a dead node's held leads from a live node's calls."""
+        t = self.campaign_tag(campaign_id)
+        out: dict[str, list[float]] = defaultdict(list)
+        cursor = 0
+        while True:
+            async with self._guard():  # the number -> lead map lists every lead, in the campaign's slot
+                cursor, entries = await self._redis.hscan(t + "num", cursor, count=1000)
+                rows: list[Any] = []
+                if entries:
+                    pipe = self._redis.pipeline(transaction=False)
+                    for lead_id in entries.values():
+                        pipe.hmget(t + f"lead:{lead_id}", ["st", "node", "lu"])
+                    rows = await pipe.execute()
+            for st, node, lu in rows:
+                if st == "in_call":
+                    out[node or "?"].append(float(lu or 0))
+            if cursor == 0:
+                return {node: sorted(v) for node, v in sorted(out.items())}
+
     async def _stream(self, key: str, field: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         start = "-"
@@ -1126,6 +1248,220 @@ class RedisStore:
                     done += int(await self._run("reencrypt", [key], [blob, json.dumps(d, separators=(",", ":"))]))
             if cursor == 0:
                 return done
+
+    # -- key layout ------------------------------------------------------------------------
+
+    @property
+    def layout_key(self) -> str:
+        """The key holding the layout version this deployment's data is written under."""
+        return f"{self.prefix}:{{meta}}:layout"
+
+    @property
+    def migration_key(self) -> str:
+        """Present while ``migrate_layout`` runs (or after it was interrupted): its phase."""
+        return f"{self.prefix}:{{meta}}:migration"
+
+    async def _ensure_layout(self) -> None:
+        """Checked once per store object, before the first read or write that depends on the layout."""
+        if not self._layout_ok:
+            await self.check_layout()
+
+    async def _number_keys(self, limit: int = 0) -> list[tuple[str, int, str]]:
+        """The per-number keys of this deployment as (key, bucket tag, rest of the name); the first
+        ``limit`` whose tag or name only layout 1 writes, when ``limit`` is given (a quick check)."""
+        head = f"{self.prefix}:{{n:"
+        out: list[tuple[str, int, str]] = []
+        async with self._guard(deadline=max(self._op_timeout, 600.0)):
+            async for key in self._redis.scan_iter(match=head + "*", count=1000):
+                tag, sep, rest = key[len(head):].partition("}:")
+                if not (sep and tag.isdigit()):
+                    continue
+                if limit and not (int(tag) >= 1 << BUCKET_BITS or self._old_number_key(int(tag), rest) is not None):
+                    continue
+                out.append((key, int(tag), rest))
+                if limit and len(out) >= limit:
+                    break
+        return out
+
+    @staticmethod
+    def _old_number_key(tag: int, rest: str) -> int | None:
+        """The blind index of a layout-1 per-number key (tagged by the index's top 16 bits, where layout 2
+        tags by its top 12), else None. Only the rare index under 2^47 has the same key in both."""
+        m = _NUMBER_KEY.match(rest)
+        if m is None:
+            return None
+        ix = int(m.group(1))
+        return ix if tag == ix >> (63 - OLD_BUCKET_BITS) and tag != bucket_of(ix) else None
+
+    async def _layout_findings(self, limit: int = 0) -> list[str]:
+        """Keys that can only have been written under layout 1: a bucket tag past layout 2's last
+        (4,095), or a per-number key tagged by its index's top 16 bits. Stops after ``limit`` (0: all)."""
+        if limit:
+            return [key for key, _, _ in await self._number_keys(limit)]
+        return [key for key, tag, rest in await self._number_keys()
+                if tag >= 1 << BUCKET_BITS or self._old_number_key(tag, rest) is not None]
+
+    async def check_layout(self) -> None:
+        """Refuse a store whose data is not in this version's key layout (raises ``StoreLayoutError``,
+        naming what was found and the command that fixes it); mark a store with no layout key and no
+        layout-1 data as current. Layout 1 kept the DNC list in 65,536 buckets: read as layout 2, its
+        entries would not be found and numbers on the list would be dialled."""
+        async with self._guard():
+            version, phase = await self._redis.get(self.layout_key), await self._redis.get(self.migration_key)
+        fix = ("stop every node, then run `dialer store migrate CAMPAIGN.toml` (`--dry-run` first to see "
+               "what it will do); dialling is refused until then")
+        where = f"redis store {self._where} (prefix {self.prefix!r})"
+        if phase is not None:
+            raise StoreLayoutError(f"{where}: a key layout migration is unfinished ({self.migration_key} = "
+                                   f"{phase!r}); {fix}")
+        if version == str(LAYOUT_VERSION):
+            self._layout_ok = True
+            return
+        if version is not None:
+            if not version.isdigit() or int(version) > LAYOUT_VERSION:
+                raise StoreLayoutError(f"{where}: {self.layout_key} = {version!r}, a layout this version of "
+                                       f"dialer-engine does not know (it reads layout {LAYOUT_VERSION}): "
+                                       "upgrade dialer-engine on this node")
+            raise StoreLayoutError(f"{where}: {self.layout_key} = {version!r}, an older key layout "
+                                   f"(this version reads layout {LAYOUT_VERSION}); {fix}")
+        old = await self._layout_findings(limit=3)
+        if old:
+            raise StoreLayoutError(f"{where}: no {self.layout_key} key, and keys of the old layout 1 (65,536 DNC "
+                                   f"buckets) were found, e.g. {', '.join(old)}; {fix}")
+        async with self._guard():
+            await self._redis.set(self.layout_key, str(LAYOUT_VERSION), nx=True)
+        self._layout_ok = False
+        await self.check_layout()  # another node may have written something else meanwhile
+
+    async def migrate_layout(self, *, dry_run: bool = False) -> LayoutReport:
+        """Convert layout-1 data (DNC and invalid-number sets, per-number keys) to the current layout.
+
+        Crash-safe and re-runnable, in three phases: (1) copy: the new sets are staged next to their
+        final keys (``mig:<set>``, same slot) and per-number keys copied with their TTLs, old keys left
+        untouched; (2) switch: each final set replaced by its staged copy, once per set (a done mark),
+        then the layout key says 2; (3) clean up the old keys. ``<prefix>:{meta}:migration`` holds the
+        phase: nodes refuse to dial while it exists, and a re-run resumes where a crash left off (the
+        copy phase from the start, as old keys are unchanged then; the switch phase by its marks). No
+        node may write meanwhile (stop them all): an entry added to an old set after the copy is lost."""
+        async with self._guard():
+            version, phase = await self._redis.get(self.layout_key), await self._redis.get(self.migration_key)
+        report = LayoutReport(layout_before=version or "none", state="migrated")
+        if phase is None and version == str(LAYOUT_VERSION):
+            report.state = "current"
+            if not dry_run:
+                report.removed = await self._layout_cleanup()
+            return report
+        if version is not None and (not version.isdigit() or int(version) > LAYOUT_VERSION):
+            raise StoreLayoutError(f"{self.layout_key} = {version!r}: a layout newer than this dialer-engine "
+                                   f"knows ({LAYOUT_VERSION}); use the dialer-engine that wrote it")
+        if phase is None and version is None and not await self._layout_findings(limit=1):
+            report.state = "would-stamp" if dry_run else "stamped"
+            if not dry_run:
+                async with self._guard():
+                    await self._redis.set(self.layout_key, str(LAYOUT_VERSION), nx=True)
+            return report
+        if dry_run:
+            report.state = "dry-run"
+            if phase == "switching":  # the old sets are partly switched: counting them would mislead
+                report.resumed = True
+            else:
+                await self._layout_copy(report, write=False)
+            return report
+        report.resumed = phase == "switching"
+        if not report.resumed:
+            async with self._guard():
+                await self._redis.set(self.migration_key, "copying")
+            await self._layout_copy(report, write=True)
+            async with self._guard():
+                await self._redis.set(self.migration_key, "switching")
+        await self._layout_switch()
+        async with self._guard():
+            await self._redis.set(self.layout_key, str(LAYOUT_VERSION))
+            await self._redis.delete(self.migration_key)
+        self._layout_ok = True
+        report.removed = await self._layout_cleanup()
+        log.info("key layout migrated", **{k: v for k, v in vars(report).items() if k != "examples"})
+        return report
+
+    async def _layout_copy(self, report: LayoutReport, *, write: bool) -> None:
+        """Phase 1: every layout-1 set staged in layout 2 (SADD: repeating it is harmless), every
+        layout-1 per-number key copied (DUMP/RESTORE with its remaining TTL)."""
+        staged: dict[tuple[int, str], array[int]] = defaultdict(lambda: array("I"))
+        number_keys: list[tuple[str, str]] = []
+        sets: list[tuple[str, int, str]] = []
+        for key, tag, rest in await self._number_keys():
+            if _SET_SUFFIX.match(rest):
+                sets.append((key, tag, rest))
+            else:
+                ix = self._old_number_key(tag, rest)
+                if ix is not None:
+                    number_keys.append((key, f"{self.prefix}:{{n:{bucket_of(ix)}}}:{rest}"))
+        for key, tag, rest in sets:
+            async with self._guard():
+                members = await self._redis.smembers(key)
+            report.old_sets += 1
+            report.entries += len(members)
+            if len(report.examples) < 3:
+                report.examples.append(key)
+            for member in members:
+                bucket, new = migrate_member(tag, int(member))
+                staged[(bucket, rest)].append(new)
+        report.new_sets = len(staged)
+        report.number_keys = len(number_keys)
+        if not write:
+            return
+        items = list(staged.items())
+        for i in range(0, len(items), _SWITCH_BATCH):
+            async with self._guard():
+                pipe = self._redis.pipeline(transaction=False)
+                for (bucket, rest), members in items[i:i + _SWITCH_BATCH]:
+                    for j in range(0, len(members), 10_000):
+                        pipe.sadd(f"{self.prefix}:{{n:{bucket}}}:mig:{rest}", *members[j:j + 10_000].tolist())
+                await pipe.execute()
+        for i in range(0, len(number_keys), _SWITCH_BATCH):
+            batch = number_keys[i:i + _SWITCH_BATCH]
+            async with self._guard():
+                pipe = self._redis.pipeline(transaction=False)
+                for old, _ in batch:
+                    pipe.dump(old)
+                    pipe.pttl(old)
+                got = await pipe.execute()
+                pipe = self._redis.pipeline(transaction=False)
+                for (_, new), data, ttl in zip(batch, got[0::2], got[1::2], strict=True):
+                    if data is not None and ttl != -2:
+                        pipe.restore(new, max(int(ttl), 0), data, replace=True)
+                await pipe.execute()
+
+    async def _layout_switch(self) -> None:
+        """Phase 2: each final set of layout 2's buckets (0..4,095, whose names layout 1 also used)
+        replaced by its staged copy, or deleted when nothing was staged for it; once each (a mark)."""
+        finals: set[tuple[int, str]] = set()
+        for _, tag, rest in await self._number_keys():
+            if rest.startswith("mig:"):
+                finals.add((tag, rest[4:]))
+            elif tag < 1 << BUCKET_BITS and _SET_SUFFIX.match(rest):
+                finals.add((tag, rest))
+        runs = []
+        for tag, rest in sorted(finals):
+            n = f"{self.prefix}:{{n:{tag}}}:"
+            runs.append(("layout_switch", ([n + rest, n + "mig:" + rest, n + "migdone:" + rest], [])))
+        for i in range(0, len(runs), _SWITCH_BATCH):
+            async with self._guard():
+                await self._run_many(runs[i:i + _SWITCH_BATCH])
+
+    async def _layout_cleanup(self) -> int:
+        """Phase 3: layout-1 keys (sets past bucket 4,095, per-number keys under their old tag) and the
+        switch's marks deleted. Only ever run under layout 2, so it deletes nothing layout 2 reads."""
+        doomed = [key for key, tag, rest in await self._number_keys()
+                  if rest.startswith(("migdone:", "mig:")) or tag >= 1 << BUCKET_BITS
+                  or self._old_number_key(tag, rest) is not None]
+        for i in range(0, len(doomed), _SWITCH_BATCH):
+            async with self._guard():
+                pipe = self._redis.pipeline(transaction=False)
+                for key in doomed[i:i + _SWITCH_BATCH]:
+                    pipe.unlink(key)
+                await pipe.execute()
+        return len(doomed)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
