@@ -13,8 +13,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.table import Table
@@ -23,6 +24,7 @@ from engine import logs
 from engine.config import CampaignConfig, ConfigError, load_campaign
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+T = TypeVar("T")
 
 KPI_ROWS = [
     ("agents", "agents"),
@@ -510,6 +512,19 @@ def _shared_store(args: argparse.Namespace) -> tuple[CampaignConfig, Any] | int:
     return cfg, _build_store(cfg)
 
 
+def _closing(store: Any, work: Callable[[], Awaitable[T]]) -> T:
+    """Run one operation on ``store`` to its end on a fresh loop, and close the store whatever happens
+    (a connection pool left open would hold the process's sockets until exit)."""
+
+    async def go() -> T:
+        try:
+            return await work()
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
 def cmd_store_dnc_load(args: argparse.Namespace) -> int:
     """Bulk-load a DNC file into the global list (every campaign, every node) or the campaign's own."""
     opened = _shared_store(args)
@@ -520,13 +535,7 @@ def cmd_store_dnc_load(args: argparse.Namespace) -> int:
         print(f"{args.file}: file not found", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    async def load() -> int:
-        try:
-            return await store.load_dnc_file(args.file, cfg.id if args.campaign_list else None)
-        finally:
-            await store.close()
-
-    added = asyncio.run(load())
+    added = _closing(store, lambda: store.load_dnc_file(args.file, cfg.id if args.campaign_list else None))
     where = f"campaign {cfg.id}'s DNC list" if args.campaign_list else "the global DNC list (every campaign)"
     print(f"{args.file}: {added} numbers added to {where}")
     return EXIT_OK
@@ -539,13 +548,8 @@ def cmd_store_reencrypt(args: argparse.Namespace) -> int:
         return opened
     cfg, store = opened
 
-    async def rewrite() -> int:
-        try:
-            return await store.reencrypt(cfg.id)
-        finally:
-            await store.close()
-
-    print(f"campaign {cfg.id}: {asyncio.run(rewrite())} lead records re-encrypted under the current key")
+    rewritten = _closing(store, lambda: store.reencrypt(cfg.id))
+    print(f"campaign {cfg.id}: {rewritten} lead records re-encrypted under the current key")
     return EXIT_OK
 
 
@@ -557,13 +561,7 @@ def cmd_store_calls(args: argparse.Namespace) -> int:
         return opened
     cfg, store = opened
 
-    async def read() -> dict[str, list[float]]:
-        try:
-            return await store.calls_in_progress(cfg.id)
-        finally:
-            await store.close()
-
-    calls = asyncio.run(read())
+    calls: dict[str, list[float]] = _closing(store, lambda: store.calls_in_progress(cfg.id))
     if args.json:
         print(json.dumps({node: {"calls": len(locks), "locks_lapse": locks} for node, locks in calls.items()}))
         return EXIT_OK
@@ -586,13 +584,7 @@ def cmd_store_migrate(args: argparse.Namespace) -> int:
         return opened
     _, store = opened
 
-    async def migrate() -> Any:
-        try:
-            return await store.migrate_layout(dry_run=args.dry_run)
-        finally:
-            await store.close()
-
-    report = asyncio.run(migrate())
+    report = _closing(store, lambda: store.migrate_layout(dry_run=args.dry_run))
     print(f"{args.campaign}: redis {store.prefix!r}: {report.summary()}")
     return EXIT_OK
 
