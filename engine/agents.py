@@ -53,6 +53,7 @@ class AgentPool:
         self.time_in: dict[str, dict[AgentState, float]] = {a: {} for a in self.agents}
         self.no_session: set[str] = set()  # agents whose PBX session is down: they take no call
         self._session_paused: set[str] = set()  # paused by the pool for that reason (not on a break)
+        self.leaving: set[str] = set()  # logged out as soon as their call, wrap-up or preview ends (retire)
 
     # -- state changes ------------------------------------------------------------------
 
@@ -69,6 +70,38 @@ class AgentPool:
         agent.state, agent.since = state, now
         self.by_state[state][agent.agent_id] = agent
         self._by_group[group][state][agent.agent_id] = agent
+
+    def add(self, agent: Agent, group: str = "") -> None:
+        """A person who joins during the shift (e.g. newly on the agent API's roster), as they are
+        (normally logged out). ``group`` is their lane; a lane that had nobody gets its queues now."""
+        if agent.agent_id in self.agents:
+            raise ValueError(f"agent {agent.agent_id} is already in the pool")
+        if group not in self._by_group:
+            self.groups = (*self.groups, group)
+            self._by_group[group] = {s: {} for s in AgentState}
+            self._ready[group] = OrderedDict()
+            self._waiters[group] = deque()
+        agent.since = self._clock()
+        self.agents[agent.agent_id] = agent
+        self.group_of[agent.agent_id] = group
+        self.by_state[agent.state][agent.agent_id] = agent
+        self._by_group[group][agent.state][agent.agent_id] = agent
+        self.time_in[agent.agent_id] = {}
+
+    def retire(self, agent_id: str) -> None:
+        """The agent leaves (e.g. their token was revoked), without cutting anything short: logged out
+        now when ready or paused, else when the call, wrap-up or preview in hand ends (``make_ready``
+        logs them out instead), so no call is dropped and none is put through to them meanwhile."""
+        agent = self.agents[agent_id]
+        if agent.state in (AgentState.READY, AgentState.PAUSED, AgentState.LOGGED_OUT):
+            self.leaving.discard(agent_id)
+            self.logout(agent_id)
+        else:
+            self.leaving.add(agent_id)
+
+    def stay(self, agent_id: str) -> None:
+        """A retirement called off (the agent signed in again): the end of their call makes them ready."""
+        self.leaving.discard(agent_id)
 
     def login(self, agent_id: str) -> None:
         self.make_ready(self.agents[agent_id])
@@ -122,7 +155,16 @@ class AgentPool:
         """The agent can take a call: give them to the oldest waiting answer, else queue them.
 
         Without a PBX session (:meth:`session_lost`) they are paused instead, until it is back: the end
-        of a call, a wrap-up or a break cannot make an agent ready whom no call could reach."""
+        of a call, a wrap-up or a break cannot make an agent ready whom no call could reach. An agent
+        who is leaving (:meth:`retire`) is logged out instead."""
+        if agent.agent_id in self.leaving:
+            self.leaving.discard(agent.agent_id)
+            self._session_paused.discard(agent.agent_id)
+            if agent.state != AgentState.LOGGED_OUT:
+                if AgentState.LOGGED_OUT not in _ALLOWED[agent.state]:
+                    self._move(agent, AgentState.READY)  # e.g. ON_CALL, handed back unused: via READY
+                self._move(agent, AgentState.LOGGED_OUT)
+            return
         if agent.agent_id in self.no_session:
             if agent.state != AgentState.PAUSED:
                 if AgentState.PAUSED not in _ALLOWED[agent.state]:

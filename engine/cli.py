@@ -83,6 +83,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     keys = _development_keys(cfg)
     if keys:
         print(f"{args.campaign}: warning: {keys}; `dialer run` will refuse it", file=sys.stderr)
+    if cfg.agents.desk == "api":  # the people's tokens and the TLS files, before anyone relies on them
+        from engine.agent_api.check import agent_api_problems
+
+        errors, warnings = agent_api_problems(cfg, args.campaign)
+        for line in warnings:
+            print(f"warning: {line}", file=sys.stderr)
+        if errors:
+            print("\n".join(errors), file=sys.stderr)
+            return EXIT_BAD_INPUT
     print(f"{args.campaign}: OK (campaign {cfg.id!r}, mode {cfg.campaign.mode}, backend {cfg.campaign.backend}, "
           f"store {cfg.campaign.store}, abandon target {cfg.abandon.target} %)")
     return EXIT_OK
@@ -160,6 +169,8 @@ async def _run_campaign(cfg: CampaignConfig, args: argparse.Namespace, console: 
             serve(dialer, args.metrics_port, args.metrics_addr)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, dialer.stop)
+        if cfg.agents.desk == "api":  # SIGHUP: the agent API reads its tokens file again (docs/agent-api.md)
+            loop.add_signal_handler(signal.SIGHUP, dialer.desk.reload_tokens)
 
     async def status_when_ready() -> None:
         await attached.wait()
@@ -179,7 +190,7 @@ async def _run_campaign(cfg: CampaignConfig, args: argparse.Namespace, console: 
                 status.cancel()
         summary["compliance"] = await _write_compliance(cfg, store, holder["dialer"].clock.now(), results)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await store.close()
     summary["results"] = {k: str(v) for k, v in results.paths.items()}
@@ -194,7 +205,8 @@ async def _run_with_agent_api(cfg: CampaignConfig, args: argparse.Namespace, **k
     from engine.clock import SystemClock
 
     audit = AuditLog(audit_path(cfg, args.results), clock=SystemClock().now)
-    print(f"agent API on http://{cfg.agents.host}:{cfg.agents.port}/api/v1 (audit log: {audit.path})",
+    scheme = "https" if cfg.agents.tls_cert else "http"
+    print(f"agent API on {scheme}://{cfg.agents.host}:{cfg.agents.port}/api/v1 (audit log: {audit.path})",
           file=sys.stderr)
     return await run_api_campaign(cfg, roster=Roster.from_settings(cfg.agents), audit=audit,
                                   node_id=args.node_id, until=args.until, **kwargs)
@@ -321,6 +333,14 @@ def _check_runnable(cfg: CampaignConfig, path: str, args: argparse.Namespace) ->
             Roster.from_settings(cfg.agents)
         except TokenError as exc:
             return f"{path}: {exc}"
+        from engine.agent_api.tls import TlsError, server_context
+
+        try:
+            server_context(cfg.agents)
+        except TlsError as exc:
+            from engine.config import locate
+
+            return str(locate(path, [(("agents", exc.field), exc.reason)]))
     if not args.realtime and (cfg.campaign.backend != "sim" or cfg.campaign.store != "memory"):
         what = "backend " + repr(cfg.campaign.backend) if cfg.campaign.backend != "sim" \
             else "store " + repr(cfg.campaign.store)
@@ -704,7 +724,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--json", action="store_true")
     sc.set_defaults(func=cmd_store_calls)
     sm = st_sub.add_parser("migrate", help="convert a store written under an older key layout",
-                           description="Convert the DNC and invalid-number sets and the per-number keys written "
+                           description="Convert the DNC and invalid-number sets, the per-number keys and the "
+                           "campaigns' ready queues (one per tier, now one per tier and time zone) written "
                            "under an older key layout (nodes refuse to dial until this is done). Stop every node "
                            "first. Crash-safe and re-runnable: run it again after an interruption; on a current "
                            "store it does nothing.")

@@ -91,6 +91,12 @@ class AbandonSection(_Section):
     gain: float = Field(default=0.1, gt=0, le=1)
     gain_min: float = Field(default=0.02, gt=0, le=1)
     gain_live: float = Field(default=200.0, gt=0, le=1_000_000)
+    # The working target sits ``margin_z`` standard errors of the window's rate under the target, the
+    # error counted over the window's live answers plus ``margin_prior_live`` pseudo-answers. Unset: 1.3
+    # and 200 when a window is 24 h or shorter (a day's rate scatters widely at small teams), 0.7 and 1,000
+    # for longer windows (see engine/pacing/controller.py).
+    margin_z: float | None = Field(default=None, ge=0, le=5)
+    margin_prior_live: float | None = Field(default=None, gt=0, le=1_000_000)
 
     @model_validator(mode="after")
     def _windows(self) -> AbandonSection:
@@ -126,6 +132,7 @@ class RetrySection(_Section):
     interrupted: Duration = Field(default=600.0, ge=0)
     unknown: Duration = Field(default=3600.0, ge=0)
     skipped: Duration = Field(default=3600.0, ge=0)
+    cancelled: Duration = Field(default=3600.0, ge=0)  # a preview call the agent called off while it rang
 
 
 class CapsSection(_Section):
@@ -144,6 +151,9 @@ class Disposition(_Section):
     customer_follow_ups: bool = False  # follow the customer type's schedule (e.g. hesitant: 3 d, 1 week)
     dnc: bool = False  # the number goes on the DNC list at once
     success: bool = False  # counts as a conversion in reports
+    # Tags added to the lead with this disposition (e.g. "refused" -> ["refused"]); the lead is then
+    # re-tiered by the [[ranking.tiers]] rules, so a tier rule on the tag routes (or skips) it next time.
+    tags: list[str] = Field(default_factory=list)
 
 
 class CustomerType(_Section):
@@ -206,6 +216,9 @@ class RankingSection(_Section):
     best_time: bool = False
     best_time_min_dials: int = Field(default=50, ge=1)  # calls an hour needs before it is trusted
     best_time_gain: float = Field(default=0.2, ge=0)  # relative gain over the proposed hour to move a retry
+    # ... and, within a tier, leads whose zone's current local hour answers better come first: score points
+    # added per percentage point of live-answer rate above the campaign's overall rate (0 = off).
+    best_time_weight: float = Field(default=1.0, ge=0)
 
     @model_validator(mode="after")
     def _tiers(self) -> RankingSection:
@@ -286,11 +299,21 @@ class AgentsSection(_Section):
     wrap_up_timeout: Duration = Field(default=300.0, gt=0, le=1800)  # an agent silent this long in wrap-up ...
     default_disposition: str | None = None  # ... gets this disposition (None: the call's outcome decides)
     audit_log: str | None = None  # every read and change of lead data (default: <[results] dir>/audit.jsonl)
+    # HTTPS/WSS in the engine: the PEM certificate (chain) and its private key, both or neither. Read at start.
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     @model_validator(mode="after")
     def _api(self) -> AgentsSection:
         if self.desk == "api" and not self.host.strip():
             raise ValueError("host: the agent API needs an address to listen on (e.g. \"127.0.0.1\")")
+        for name, value in (("tls_cert", self.tls_cert), ("tls_key", self.tls_key)):
+            if value is not None and not value.strip():
+                raise ValueError(f"{name}: give the path of a PEM file, or leave it out")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            missing, given = ("tls_key", "tls_cert") if self.tls_key is None else ("tls_cert", "tls_key")
+            raise ValueError(f"{missing}: set together with {given} (TLS needs the certificate and its private "
+                             "key), or leave both out")
         return self
 
 

@@ -52,7 +52,8 @@ import structlog
 
 from engine.agents import AgentPool
 from engine.audit import AuditLog
-from engine.calls import CallEvents, advance, final_outcome
+from engine.calls import UNANSWERED, CallEvents, advance, final_outcome
+from engine.claim_order import ClaimOrder
 from engine.clock import Clock
 from engine.config import CampaignConfig
 from engine.desk import AgentDesk
@@ -86,7 +87,7 @@ from engine.pbx.base import (
     PbxFailed,
     Ringing,
 )
-from engine.plugins import FastHook, Gate, await_maybe
+from engine.plugins import FastHook, Gate, await_maybe, retier
 from engine.privacy import screen_pop
 from engine.results import ResultWriter
 from engine.retry import next_attempt_at
@@ -112,6 +113,18 @@ class _Combined:
 @functools.lru_cache(maxsize=512)
 def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
+
+
+@functools.lru_cache(maxsize=256)
+def _local_day(zone: str, wall: float) -> str:
+    """The local date (ISO) of POSIX time ``wall`` in ``zone``: the leads of a burst share one ``wall``."""
+    return datetime.fromtimestamp(wall, _zone(zone)).date().isoformat()
+
+
+@functools.lru_cache(maxsize=256)
+def _local_hour_at(zone: str, started: datetime) -> int:
+    """The local hour of ``started`` in ``zone``: the calls of a burst share one ``started``."""
+    return started.astimezone(_zone(zone)).hour
 
 
 _UNDECIDED = object()  # a call task that makes its own pre-dial decision (preview)
@@ -220,6 +233,7 @@ class Dialer:
         self.gate = Gate(plugins, cfg)
         self._after_call = FastHook(plugins, "dialer_after_call")
         self._next_attempt = FastHook(plugins, "dialer_next_attempt")
+        self._claim_order = ClaimOrder(plugins, cfg, store, self.log)  # zone bonuses, asked once a minute
         p = cfg.pacing
         self.caps = Caps(per_day=cfg.caps.per_day, per_24h=cfg.caps.per_24h, lifetime=cfg.caps.lifetime,
                          lock_s=p.ring_timeout + MAX_CALL_S)
@@ -228,7 +242,8 @@ class Dialer:
                                             cap_guard_live=cfg.abandon.cap_guard_live if cfg.abandon.cap_guard
                                             else None, guard_room=cfg.abandon.cap_guard_room,
                                             gain=cfg.abandon.gain, gain_min=cfg.abandon.gain_min,
-                                            gain_live=cfg.abandon.gain_live)
+                                            gain_live=cfg.abandon.gain_live, safety_z=cfg.abandon.margin_z,
+                                            prior_live=cfg.abandon.margin_prior_live)
         self.counters = Counters()
         self.drain_timeout = drain_timeout if drain_timeout is not None else p.drain_timeout
         self._loop = asyncio.get_running_loop()
@@ -242,6 +257,7 @@ class Dialer:
         self._recorded: set[str] = set()  # calls whose result is being or has been recorded
         self._agent_waits: dict[str, asyncio.Future[Agent | None]] = {}
         self._gave_up: set[str] = set()  # hung up while waiting for an agent
+        self._cancelled: set[str] = set()  # preview calls their agent called off while ringing
         self._tg: asyncio.TaskGroup | None = None
         self._burst_done: asyncio.Future[None] | None = None  # set while a burst of dials is being decided
         self._ids = itertools.count(1)
@@ -291,6 +307,11 @@ class Dialer:
     async def run(self, until: float | None = None) -> dict[str, Any]:
         """Run the campaign until its leads are exhausted, ``until`` loop seconds pass, or ``stop()``."""
         self.started_at = self._loop.time()
+        try:
+            async with asyncio.timeout(30.0):
+                await self.store.warm_up()
+        except (StoreUnavailable, TimeoutError) as exc:  # the dials will find it, or pause until they do
+            self.log.warning("store not ready at start", error=str(exc))
         await self.pbx.start(self._on_event)
         for agent_id in self.pool.agents:
             await self.pbx.agent_login(agent_id)
@@ -452,8 +473,10 @@ class Dialer:
                 continue
             wall = self.clock.now()
             by_tier = {} if lane.tiers is None else {"tiers": lane.tiers}
+            zone_bonus = await self._claim_order.bonus(wall)  # best time to call: within a tier, by zone
+            order = {} if zone_bonus is None else {"zone_bonus": zone_bonus}
             leads = await self.store.claim_leads(self.cfg.id, wanted, now=wall, node_id=self.node_id,
-                                                 lease_s=self.cfg.pacing.lease, **by_tier)
+                                                 lease_s=self.cfg.pacing.lease, **by_tier, **order)
             claimed = time.perf_counter()
             if leads:  # leads came: the next short claim checks for the end at once
                 self._exhausted_wait, self._exhausted_due = 0.0, None
@@ -534,47 +557,57 @@ class Dialer:
     async def _dial_burst(self, calls: list[CallAttempt], claimed: float) -> None:
         """Steps 2 and 3 for a burst of claimed leads at once, then a task per call from its verdict.
 
-        The store is asked twice for the whole burst, not twice per call: every lead's context in one
-        round trip, the gate on each, then every reservation the gate let through in one go
-        (``Store.reserve_attempts``: each as atomic as alone, in a constant number of round trips).
-        Per call, that is what a call task awaiting its own context and reservation behind a busy
-        event loop cost (a wait per round trip per call). Each call's decision time still runs from
-        the claim to its own verdict.
+        The store is asked once for the whole burst, not twice per call: every lead's context and
+        every reservation in one round trip (``Store.read_and_reserve``: each context read before the
+        reservations, each reservation as atomic as alone), then the gate on each context. A call is
+        dialled only when both the gate and its reservation said yes; the reservations of the calls the
+        gate refused are given back (``Store.undo_reservations``) before those calls are recorded as
+        blocked. Reserving first halves the waits for the store, which are most of a decision under
+        load (BENCHMARKS.md, Floods); a call task awaiting its own context and reservation behind a busy
+        event loop cost a wait per round trip per call. Each call's decision time runs from the claim
+        to the burst's verdicts.
 
-        Fail closed: if the store fails mid-burst nothing of the burst is dialled (``StoreUnavailable``
-        goes up to the pacing loop, which pauses dialling); the leads are left to their leases, and a
-        reservation the store may have made is held, then recorded as lost, never dialled twice. The
+        Fail closed: if the store fails before the verdicts nothing of the burst is dialled
+        (``StoreUnavailable`` goes up to the pacing loop, which pauses dialling); the leads are left to
+        their leases, and a reservation the store may have made is held, then recorded as lost, never
+        dialled twice. If only the undo fails, the burst's dials are already on their way and the
+        refused calls' reservations are held and recorded as lost in the same way: a count too many
+        (which can only block a later dial), never a call the gate refused. The
         run's stop waits for a burst in progress (``_burst_done``) rather than cancel it half-way.
         """
         done = self._burst_done = self._loop.create_future()
-        spawned = 0
+        spawned: set[int] = set()
         try:
             wall = self.clock.now()
             day_keys = [self._day_key(call.lead, wall) for call in calls]
-            ctxs = await self.store.dial_contexts([call.lead for call in calls], now=wall, day_keys=day_keys)
+            ctxs, reservations = await self.store.read_and_reserve(calls, now=wall, day_keys=day_keys,
+                                                                   caps=self.caps, node_id=self.node_id)
             verdicts: list[Any] = []
-            for call, ctx in zip(calls, ctxs, strict=True):
+            given_back: list[int] = []  # reserved, then refused by the gate: never dialled
+            for i, (call, ctx, res) in enumerate(zip(calls, ctxs, reservations, strict=True)):
                 veto = await self.gate.check(ctx)
                 call.lead_history = ctx.history
                 if veto is None:
                     call.alerts = await self.gate.alerts(ctx)
                     if self._stopping:
                         veto = Veto("shutdown", "campaign stopping before the dial", retry_at=wall)
-                if veto is not None:
-                    self.decision_times.append(time.perf_counter() - claimed)
-                verdicts.append(veto)
-            todo = [i for i, veto in enumerate(verdicts) if veto is None]
-            if todo:
-                results = await self.store.reserve_attempts(
-                    [calls[i] for i in todo], now=wall, day_keys=[day_keys[i] for i in todo], caps=self.caps,
-                    node_id=self.node_id)
-                decided = time.perf_counter() - claimed
-                for i, res in zip(todo, results, strict=True):
-                    self.decision_times.append(decided)
-                    verdicts[i] = _verdict(res, wall)
-            for call, verdict in zip(calls, verdicts, strict=True):
-                self._spawn(call, None, verdict)
-                spawned += 1
+                if veto is not None and res.ok:
+                    given_back.append(i)
+                verdicts.append(_verdict(res, wall) if veto is None else veto)
+            decided = time.perf_counter() - claimed
+            # every verdict but "the campaign is stopping", which is not a decision about the call
+            self.decision_times.extend(decided for v in verdicts if v is None or v.rule != "shutdown")
+            for i, verdict in enumerate(verdicts):  # the dials first: nothing of theirs waits for the undo
+                if verdict is None:
+                    self._spawn(calls[i], None, verdict)
+                    spawned.add(i)
+            if given_back:
+                await self.store.undo_reservations([calls[i] for i in given_back], now=wall,
+                                                   day_keys=[day_keys[i] for i in given_back])
+            for i, verdict in enumerate(verdicts):
+                if verdict is not None:
+                    self._spawn(calls[i], None, verdict)
+                    spawned.add(i)
         except StoreUnavailable:
             raise  # the pacing loop pauses dialling
         except Exception:
@@ -582,8 +615,9 @@ class Dialer:
             self.log.exception("deciding a burst of dials failed; its leads are left to their leases",
                                dials=len(calls))
         finally:
-            for call in calls[spawned:]:
-                self._forget(call)
+            for i, call in enumerate(calls):
+                if i not in spawned:
+                    self._forget(call)
             done.set_result(None)
             self._burst_done = None
 
@@ -633,6 +667,9 @@ class Dialer:
             except PbxError as exc:
                 log.warning("originate failed", error=str(exc))
                 events.put(Ended(call.call_id, 0, "failed"))
+            else:
+                if call.call_id in self._cancelled:  # called off while the dial was being placed
+                    await self._pbx_quietly(self.pbx.hangup(call.call_id), log, "hangup")
             # 5. connect or abandon, until the customer leg ends
             agent = await self._follow(call, events, agent, log)
             # 6. after the call
@@ -661,6 +698,7 @@ class Dialer:
             self.calls.pop(call.call_id, None)
             self._recorded.discard(call.call_id)
             self._gave_up.discard(call.call_id)
+            self._cancelled.discard(call.call_id)
             self.nudge()
 
     async def _decide_alone(self, call: CallAttempt, agent: Agent | None, wall: float) -> Any:
@@ -701,6 +739,19 @@ class Dialer:
             wall = self.clock.now()
             await self._release(call.lead, wall, wall + self.cfg.retry.skipped, self.log)
         return go
+
+    async def cancel_unanswered(self, call: CallAttempt) -> bool:
+        """The agent who accepted a preview calls it off while it still rings: hung up on the PBX, the
+        attempt recorded as ``cancelled`` (retried by ``[retry] cancelled``) and the agent handed back as
+        for any unanswered preview call. False when it was answered (or ended) first: a person on the
+        line is never hung up on this way."""
+        if call.state not in UNANSWERED or call.outcome is not None or call.call_id not in self._lane_of:
+            return False  # answered, over, or its task is done (e.g. blocked at the reservation)
+        self._cancelled.add(call.call_id)
+        self.log.info("preview call cancelled by the agent", call_id=call.call_id)
+        if call.state != CallState.RESERVED:  # not dialled yet: hung up once the originate returns (``_call``)
+            await self._pbx_quietly(self.pbx.hangup(call.call_id), self.log, "hangup")
+        return call.state in UNANSWERED or call.outcome == Outcome.CANCELLED
 
     async def _blocked(self, call: CallAttempt, veto: Veto, agent: Agent | None, log: Any) -> None:
         wall = self.clock.now()
@@ -771,10 +822,13 @@ class Dialer:
                 advance(call, CallState.ENDED, now)
                 call.cause = ev.cause
                 call.outcome = final_outcome(call, last, ev.cause, ev.reason)
+                if call.call_id in self._cancelled and call.outcome in (Outcome.FAILED, Outcome.NO_ANSWER):
+                    call.outcome = Outcome.CANCELLED  # our own hang-up of a ring the agent called off
                 if (call.outcome == Outcome.CUSTOMER_HANGUP and call.agent_id is None
                         and self.cfg.abandon.count_early_hangups):
                     call.outcome = Outcome.ABANDONED  # never connected to anyone: an abandon, fail closed
-                if last in (CallState.ORIGINATING, CallState.RINGING) and ev.reason != "unknown":
+                if (last in (CallState.ORIGINATING, CallState.RINGING) and ev.reason != "unknown"
+                        and call.outcome != Outcome.CANCELLED):  # a ring cut short says nothing of answers
                     self.estimates.observe_answer(False, None, call.call_id)
                 self._count_end(call)
         if agent is not None and call.connected_at is None:
@@ -877,6 +931,8 @@ class Dialer:
             live=live, invalid_number=outcome == Outcome.INVALID_NUMBER), log)
         if rule is not None and rule.dnc:
             await self._until_stored(lambda: self.store.add_dnc([call.lead.phone]), log)
+        if rule is not None and rule.tags:
+            await self._tag_lead(call, rule.tags, log)
         if self._log_debug:
             log.debug("call recorded", outcome=outcome.value, disposition=call.disposition)
         for r in self._after_call(call=call, result=result, campaign=self.cfg, store=self.store):
@@ -885,6 +941,18 @@ class Dialer:
                     await r
             except Exception as exc:
                 log.error("after-call plugin failed", error=repr(exc))
+
+    async def _tag_lead(self, call: CallAttempt, tags: list[str], log: Any) -> None:
+        """A disposition's tags on the lead, the lead re-tiered by them, stored (history and schedule
+        kept: an update of the same number) and audited as the engine's change."""
+        lead = call.lead
+        lead.tags = tuple(dict.fromkeys((*lead.tags, *tags)))
+        moved = retier(self.plugins, self.cfg, lead)
+        if self.audit is not None:
+            self.audit.record(actor="engine", role="engine", action="update", lead_id=lead.lead_id,
+                              fields=("tags", "tier") if moved else ("tags",),
+                              reason=f"disposition {call.disposition}")
+        await self._until_stored(lambda: self.store.add_leads([lead]), log)
 
     def _amd_false_positive(self, call: CallAttempt, outcome: Outcome) -> bool:
         """Whether this call, dropped as a machine, is where an estimated AMD false positive is counted.
@@ -971,8 +1039,7 @@ class Dialer:
     # -- helpers -------------------------------------------------------------------------
 
     def _day_key(self, lead: Lead, wall: float) -> str:
-        zone = _zone(lead.timezone or self.cfg.campaign.timezone)
-        return datetime.fromtimestamp(wall, zone).date().isoformat()
+        return _local_day(lead.timezone or self.cfg.campaign.timezone, wall)
 
     def _result(self, call: CallAttempt, outcome: Outcome) -> CallResult:
         def span(a: float | None, b: float | None) -> float | None:
@@ -1003,7 +1070,7 @@ class Dialer:
         """The dial's hour where the called party lives (the lead's zone, else the campaign's)."""
         if call.wall_started is None:
             return None
-        return call.wall_started.astimezone(_zone(call.lead.timezone or self.cfg.campaign.timezone)).hour
+        return _local_hour_at(call.lead.timezone or self.cfg.campaign.timezone, call.wall_started)
 
     def _summarize(self) -> dict[str, Any]:
         out = summarize(self.counters, self.pool.totals(), len(self.pool.agents),

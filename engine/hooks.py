@@ -19,7 +19,7 @@ arguments; a removed or renamed hook or argument is a major version bump.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -96,16 +96,38 @@ def dialer_lead_tier(lead: Lead, campaign: CampaignConfig) -> int | None:
     """
 
 
+@hookspec
+def dialer_claim_order(campaign: CampaignConfig, now: float,
+                       zones: Collection[str]) -> Mapping[str, float] | Awaitable[Mapping[str, float] | None] | None:
+    """Called before claiming leads, at most about once a wall-clock minute per campaign and node (the
+    answer is kept for the minute: claims are on the hot path), to reorder leads *within* a tier by
+    their time zone, e.g. by how well each zone answers at its current local hour.
+
+    :param campaign: the campaign configuration.
+    :param now: wall-clock POSIX time (the engine's clock: virtual in simulations).
+    :param zones: the time zones the campaign's leads are queued under: each lead's IANA zone as
+        imported, ``""`` for leads with none (the campaign's zone stands for them).
+    :return: a bonus per zone, added to the score of each of its leads for the claim (leads are
+        claimed by tier, then highest score + bonus first; a zone left out gets 0), or None for no
+        opinion. All results are summed per zone. Stored scores are not changed. An exception is
+        logged and the claim goes on in plain score order.
+    """
+
+
 # -- the pre-dial gate -------------------------------------------------------------------
 
 
 @hookspec
 def dialer_check_dial(ctx: DialContext, campaign: CampaignConfig) -> Veto | Awaitable[Veto | None] | None:
     """Called before every dial, after the lead's context was loaded and before
-    the attempt is reserved. This is the compliance gate.
+    anything is dialled. This is the compliance gate. (Predictive and progressive
+    dials are decided in bursts whose contexts and reservations are one round trip
+    to the store: the attempt may already be reserved when this is called, and is
+    given back whole when the call is refused. Preview calls are reserved after.)
 
     :param ctx: the lead and what the store knows about its number (attempts
-        today and in 24 h, DNC, invalid, last abandon, earlier results).
+        today and in 24 h, DNC, invalid, last abandon, earlier results), as it was
+        before this attempt's reservation.
     :param campaign: the campaign configuration.
     :return: a ``Veto(rule, reason, retry_at)`` to block the dial, or None to allow
         it. Any veto blocks. An exception (or an awaitable that fails) blocks too:

@@ -59,6 +59,7 @@ class Outcome(enum.Enum):
     REJECTED = "rejected"  # called party rejected the call
     CUSTOMER_HANGUP = "customer_hangup"  # live answer hung up before the connect limit
     INTERRUPTED = "interrupted"  # engine stopped while the call was in flight
+    CANCELLED = "cancelled"  # the agent who accepted a preview called it off while it rang (agent API)
     UNKNOWN = "unknown"  # lost track (e.g. PBX restarted); never redialled blindly
 
     @property

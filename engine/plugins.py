@@ -9,6 +9,7 @@ import inspect
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from operator import itemgetter
 from typing import Any
 
 import pluggy
@@ -144,18 +145,34 @@ async def await_maybe(value: Any) -> Any:
     return value
 
 
+def retier(pm: pluggy.PluginManager, campaign: Any, lead: Any) -> bool:
+    """The lead's tier from the tier rules again, after its tags or attributes changed during a call
+    (an agent's tags, a disposition's), so that the next claim routes it by what was learnt; its score
+    is kept (``rank_leads`` adds to a score, it does not recompute one). True when the tier moved."""
+    hook = pm.hook.dialer_lead_tier
+    if not hook.get_hookimpls():
+        return False
+    tier = hook(lead=lead, campaign=campaign)
+    if tier is None or int(tier) == lead.tier:
+        return False
+    lead.tier = int(tier)
+    return True
+
+
 async def rank_leads(pm: pluggy.PluginManager, campaign: Any, leads: Iterable[Any]) -> None:
     """Set each lead's tier and add every ranking plugin's adjustment to its score, before storing."""
-    tier_hook, hook = pm.hook.dialer_lead_tier, pm.hook.dialer_rank_lead
-    if not tier_hook.get_hookimpls() and not hook.get_hookimpls():
+    if not pm.hook.dialer_lead_tier.get_hookimpls() and not pm.hook.dialer_rank_lead.get_hookimpls():
         return
+    # Called for every lead of the list (tens of thousands): through ``FastHook``, pluggy's results for less.
+    tier_hook, hook = FastHook(pm, "dialer_lead_tier"), FastHook(pm, "dialer_rank_lead")
     for lead in leads:
         tier = tier_hook(lead=lead, campaign=campaign)
         if tier is not None:
             lead.tier = int(tier)
         total = 0.0
         for r in hook(lead=lead, campaign=campaign):
-            r = await await_maybe(r)
+            if inspect.isawaitable(r):
+                r = await r
             if r is not None:
                 total += float(r)
         lead.score += total
@@ -180,18 +197,18 @@ class FastHook:
         spec = getattr(self._caller, "spec", None)
         self._firstresult = bool(spec.opts.get("firstresult", False)) if spec is not None else False
         self._seen: list[Any] | None = None
-        self._plan: list[tuple[Any, tuple[str, ...]]] | None = None
+        self._plan: list[tuple[Any, Any]] | None = None
         self._usable = _multicall is not None and hasattr(self._caller, "_hookimpls") \
             and hasattr(pm, "_inner_hookexec")
 
-    def _current_plan(self) -> list[tuple[Any, tuple[str, ...]]] | None:
+    def _current_plan(self) -> list[tuple[Any, Any]] | None:
         impls = getattr(self._caller, "_hookimpls", None)
         if impls is None or _multicall is None or getattr(self._pm, "_inner_hookexec", None) is not _multicall:
             return None
         if impls != self._seen:
             self._seen = list(impls)
             plain = all(not (i.hookwrapper or i.wrapper or i.kwargnames) for i in impls)
-            self._plan = [(i.function, tuple(i.argnames)) for i in reversed(impls)] if plain else None
+            self._plan = [(i.function, _arguments(tuple(i.argnames))) for i in reversed(impls)] if plain else None
         return self._plan
 
     def __call__(self, **kwargs: Any) -> Any:
@@ -205,13 +222,24 @@ class FastHook:
         if plan is None:
             return caller(**kwargs)
         results = []
-        for function, argnames in plan:
-            r = function(*map(kwargs.__getitem__, argnames))
+        for function, arguments in plan:
+            r = function(*arguments(kwargs))
             if r is not None:
                 if self._firstresult:
                     return r
                 results.append(r)
         return None if self._firstresult else results
+
+
+def _arguments(argnames: tuple[str, ...]) -> Any:
+    """What takes an implementation's positional arguments out of the call's keyword arguments, as a
+    tuple, in C (``itemgetter``; a missing one is a ``KeyError``, as before)."""
+    if len(argnames) >= 2:
+        return itemgetter(*argnames)
+    if argnames:
+        name = argnames[0]
+        return lambda kwargs: (kwargs[name],)
+    return lambda kwargs: ()
 
 
 class Gate:

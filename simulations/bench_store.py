@@ -71,8 +71,9 @@ def _result(call: CallAttempt) -> CallResult:
 
 async def bench_burst(store: Any, gate: Gate, n: int, burst: int) -> list[float]:
     """Per-dial decision times when dials are decided ``burst`` at a time, as the Dialer does: every
-    lead's context in one call, the gate on each, every reservation in one call; each dial's time runs
-    from the start of its burst to the burst's reservation result (what ``Dialer.decision_times`` holds)."""
+    lead's context and every reservation in one call (``read_and_reserve``), then the gate on each;
+    each dial's time runs from the start of its burst to the burst's verdicts (what
+    ``Dialer.decision_times`` holds)."""
     await store.add_leads(make_leads("burst", n, 2 * n))
     leads = await store.claim_leads("burst", n, now=NOW, node_id="bench", lease_s=3600)
     assert len(leads) == n, f"claimed {len(leads)} of {n}"
@@ -80,14 +81,13 @@ async def bench_burst(store: Any, gate: Gate, n: int, burst: int) -> list[float]
     for start in range(0, n, burst):
         group = leads[start:start + burst]
         t0 = time.perf_counter()
-        ctxs = await store.dial_contexts(group, now=NOW, day_keys=[DAY_KEY] * len(group))
+        calls = [CallAttempt(call_id=f"b{start + i}", lead=lead, campaign_id="burst", attempt_no=1)
+                 for i, lead in enumerate(group)]
+        ctxs, res = await store.read_and_reserve(calls, now=NOW, day_keys=[DAY_KEY] * len(calls), caps=CAPS,
+                                                 node_id="bench")
         for ctx in ctxs:
             if await gate.check(ctx) is not None:
                 raise SystemExit("a dial was refused: the benchmark must measure the full path")
-        calls = [CallAttempt(call_id=f"b{start + i}", lead=lead, campaign_id="burst", attempt_no=1)
-                 for i, lead in enumerate(group)]
-        res = await store.reserve_attempts(calls, now=NOW, day_keys=[DAY_KEY] * len(calls), caps=CAPS,
-                                           node_id="bench")
         if not all(r.ok for r in res):
             raise SystemExit("a reservation was refused: the benchmark must measure the full path")
         out += [time.perf_counter() - t0] * len(group)
@@ -193,6 +193,7 @@ async def main(argv: list[str] | None = None) -> None:
         memory = await bench_store(MemoryStore(), args.leads, args.concurrency, args.burst)
         rstore = RedisStore(server.url, prefix="bench")
         try:
+            await rstore.warm_up()  # as ``Dialer.run`` does: connections open and scripts loaded first
             red = await bench_store(rstore, args.leads, args.concurrency, args.burst)
         finally:
             await rstore.close()
@@ -210,8 +211,8 @@ async def main(argv: list[str] | None = None) -> None:
         print(f"{'reservations per second':34} {memory['reservations_s']:>12,.0f} {red['reservations_s']:>12,.0f} "
               f"{per_ping:>12.2f}x")
         print("  (decision = dial_context + compliance gate with the built-in plugins + reserve_attempt, one dial")
-        print("   at a time; in bursts: dial_contexts for the burst, the gate on each, reserve_attempts for the")
-        print("   burst, each dial timed from the start of its burst to the burst's reservations;")
+        print("   at a time; in bursts: read_and_reserve for the burst (contexts and reservations in one round")
+        print("   trip), then the gate on each, each dial timed from the start of its burst to its verdicts;")
         print("   the last column of reservations/s is reservations per PING round trip)")
         if args.dnc:
             total, load_s, added = await dnc_footprint(server.url, args.dnc)

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -64,14 +65,16 @@ def the_lead(lead_id: str = "L1", phone: str = PHONE) -> Lead:
 class Floor:
     """The engine (preview or progressive) with the API desk on a free port, and a client session."""
 
-    def __init__(self, dialer: Dialer, desk: ApiDesk, store: Any, audit: AuditLog) -> None:
+    def __init__(self, dialer: Dialer, desk: ApiDesk, store: Any, audit: AuditLog,
+                 client_ssl: ssl.SSLContext | None = None) -> None:
         self.dialer, self.desk, self.store, self.audit = dialer, desk, store, audit
-        self.http = aiohttp.ClientSession()
+        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl) if client_ssl else None)
         self.task: asyncio.Task[dict[str, Any]] | None = None
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.desk.port}/api/v1"
+        scheme = "https" if self.desk.cfg.agents.tls_cert else "http"
+        return f"{scheme}://127.0.0.1:{self.desk.port}/api/v1"
 
     async def call(self, method: str, path: str, agent: str, body: Any = None) -> tuple[int, Any]:
         async with self.http.request(method, self.base + path, headers=auth(agent), json=body) as r:
@@ -91,20 +94,20 @@ class Floor:
 
 @contextlib.asynccontextmanager
 async def floor(tmp_path: Path, plans: dict[str, Any], *, leads: list[Lead], mode: str = "preview",
-                store: Any = None, people: tuple[str, ...] = ("A1",), **sections: Any) -> AsyncIterator[Floor]:
-    cfg = campaign(campaign={"id": "t", "mode": mode}, retry={"max_attempts": 1},
+                store: Any = None, people: tuple[str, ...] = ("A1",), client_ssl: ssl.SSLContext | None = None,
+                roster: str = ROSTER, **sections: Any) -> AsyncIterator[Floor]:
+    cfg = campaign(campaign={"id": "t", "mode": mode}, retry=sections.pop("retry", {"max_attempts": 1}),
                    agents={"desk": "api", "port": 0, **sections.pop("agents", {})}, **sections)
     store = store if store is not None else MemoryStore(index=INDEX)
     await store.add_leads(leads)
     audit = AuditLog(tmp_path / "audit.jsonl", clock=lambda: 0.0)
-    roster = Roster.parse(ROSTER, "test roster")
-    desk = ApiDesk(cfg, roster)
+    desk = ApiDesk(cfg, Roster.parse(roster, "test roster"))
     backend = SimBackend(Script(plans))
     dialer = Dialer(cfg, store=store, pbx=backend, desk=desk, agents=[Agent(a) for a in people],
                     plugins=make_plugin_manager(entry_points_too=False, extra=[followups]),
                     clock=LoopClock(START), pacer=make_pacer(mode), audit=audit, drain_timeout=5.0)
     desk.attach(dialer)
-    f = Floor(dialer, desk, store, audit)
+    f = Floor(dialer, desk, store, audit, client_ssl)
     f.task = asyncio.create_task(dialer.run())
     try:
         async with asyncio.timeout(EVENT_WAIT_S):
@@ -168,7 +171,7 @@ async def test_a_person_works_a_preview_call_from_offer_to_follow_up(tmp_path, r
             assert lead["attributes"] == {"first_name": "Ann"} and lead["tags"] == ["vip"]
             assert offer["screen_pop"]["do_not_offer"] == ["gold", "silver"]
             _, accepted = await f.call("POST", f"/previews/{offer['offer_id']}/accept", "A1")
-            assert accepted == {"offer_id": offer["offer_id"], "accepted": True}
+            assert accepted == {"offer_id": offer["offer_id"], "accepted": True, "call_id": "t-node-1-1"}
 
             # Connected: the screen-pop with the agent's fields only (the number now; never the email).
             connected = await next_event(ws, "call_connected")
@@ -390,6 +393,68 @@ async def test_a_skipped_preview_goes_back_and_the_next_lead_is_offered(tmp_path
     assert f.dialer.counters.skipped >= 1
 
 
+async def test_an_accepted_preview_can_be_cancelled_while_it_rings(tmp_path):
+    """Called off before anyone answers: hung up on the PBX, recorded as cancelled, retried by [retry]
+    cancelled; the agent is offered the next lead."""
+    leads = [the_lead("L1", PHONE), the_lead("L2", "+12125550143")]
+    async with floor(tmp_path, {"L1": human(after=3600), "L2": human(after=3600)}, leads=leads,
+                     retry={"max_attempts": 3, "cancelled": "10m"}) as f:
+        ws = await f.events("A1")
+        await f.call("POST", "/login", "A1")
+        await f.call("POST", "/ready", "A1")
+        offer = await next_event(ws, "preview")
+        status, body = await f.call("POST", f"/previews/{offer['offer_id']}/cancel", "A1")
+        assert status == 409 and "not accepted yet: skip it instead" in body["error"]
+        _, accepted = await f.call("POST", f"/previews/{offer['offer_id']}/accept", "A1")
+        call_id = accepted["call_id"]
+        for _ in range(200):  # the dial is placed just after the accept
+            if f.dialer.calls.get(call_id) is not None and f.dialer.calls[call_id].state.value == "ringing":
+                break
+            await asyncio.sleep(0.01)
+        _, me = await f.call("GET", "/me", "A1")
+        assert me["state"] == "previewing" and me["dialing"] == {"offer_id": offer["offer_id"], "call_id": call_id}
+        assert (await f.call("POST", f"/previews/{offer['offer_id']}/cancel", "A2"))[0] == 403  # not in the campaign
+        status, body = await f.call("POST", f"/previews/{offer['offer_id']}/cancel", "A1")
+        assert (status, body) == (200, {"offer_id": offer["offer_id"], "call_id": call_id, "cancelled": True})
+        assert (await next_event(ws, "call_cancelled"))["call_id"] == call_id
+        status, body = await f.call("POST", f"/previews/{offer['offer_id']}/cancel", "A1")
+        assert status == 409 and "no call of preview" in body["error"]
+        # Ready again: the next lead is offered at once.
+        second = await next_event(ws, "preview")
+        assert second["screen_pop"]["lead"]["lead_id"] == "L2"
+        await f.call("POST", f"/previews/{second['offer_id']}/skip", "A1")
+        await f.stop()
+    [row] = [r for r in await f.store.results("t") if r["lead_id"] == "L1"]
+    assert (row["outcome"], row["agent_id"], row["cause"]) == ("cancelled", None, 16)
+    assert row["ring_s"] < 5  # hung up long before the 25 s ring timeout
+    assert f.dialer.counters.live == 0 and f.dialer.counters.abandoned == 0
+    # Rescheduled by the retry rules: not before [retry] cancelled (10 minutes), then again.
+    assert await f.store.claim_leads("t", 5, now=START.timestamp() + 500, node_id="check", lease_s=60) == []
+    later = await f.store.claim_leads("t", 5, now=START.timestamp() + 700, node_id="check", lease_s=60)
+    assert [lead.lead_id for lead in later] == ["L1"]
+
+
+async def test_an_answered_preview_call_cannot_be_cancelled(tmp_path):
+    async with floor(tmp_path, {"L1": human(after=0.05, talk=3600)}, leads=[the_lead()]) as f:
+        ws, connected = await connected_call(f)
+        offer_id = (await f.call("GET", "/me", "A1"))[1]
+        status, body = await f.call("POST", "/previews/P1/cancel", "A1")
+        assert status == 409 and body["call_id"] == connected["call_id"]
+        assert "answered: it cannot be cancelled" in body["error"] and "/hangup" in body["error"]
+        assert offer_id["dialing"] is None  # no longer a ringing call: nothing to cancel
+        assert (await f.call("GET", "/me", "A1"))[1]["state"] == "on_call"  # the call goes on
+        await f.call("POST", f"/calls/{connected['call_id']}/hangup", "A1")
+        await next_event(ws, "wrap_up")
+        status, body = await f.call("POST", "/previews/P1/cancel", "A1")
+        assert status == 409 and "already ended" in body["error"]
+        await f.call("POST", f"/calls/{connected['call_id']}/disposition", "A1", {"disposition": "sale"})
+        await next_event(ws, "call_done")
+        status, body = await f.call("POST", "/previews/P1/cancel", "A1")
+        assert status == 409 and "no call of preview" in body["error"]
+        await f.stop()
+    assert [(r["outcome"], r["disposition"]) for r in await f.store.results("t")] == [("connected", "sale")]
+
+
 async def test_an_agent_whose_last_screen_closes_while_ready_is_paused(tmp_path):
     later = the_lead()
     later.next_eligible = START.timestamp() + 86400  # nothing to dial yet: the campaign waits
@@ -479,17 +544,26 @@ def test_agents_section_is_validated_with_clear_errors():
 
 
 @pytest.mark.parametrize(("text", "problem"), [
-    ("A1:agent:short", "shorter than 16"),
-    ("A1:boss:" + "x" * 20, "role 'boss'"),
-    ("A1:" + "x" * 20, "expected id:role:token"),
-    (f"A1:agent:{'x' * 20}\nA1:agent:{'y' * 20}", "listed twice"),
-    (f"A1:agent:{'x' * 20}\nA2:agent:{'x' * 20}", "same token as 'A1'"),
+    ("A1:agent:short", r"agents.tokens \(entry 1\): token: the token of 'A1' is shorter than 16"),
+    ("A1:boss:" + "x" * 20, r"agents.tokens \(entry 1\): role: role 'boss'"),
+    ("A1:" + "x" * 20, r"agents.tokens \(entry 1\): entry: expected id:role:token"),
+    (f"A1:agent:{'x' * 20}\nA1:agent:{'y' * 20}", "agents.tokens:2: id: 'A1' is listed twice"),
+    (f"A1:agent:{'x' * 20}\nA2:agent:{'x' * 20}", "agents.tokens:2: token: 'A2' has the same token as 'A1'"),
     ("# nobody\n", "no agent listed"),
 ])
 def test_token_errors_name_the_entry_never_the_token(text, problem):
     with pytest.raises(TokenError, match=problem) as err:
         Roster.parse(text, "agents.tokens")
     assert "x" * 16 not in str(err.value) and "y" * 16 not in str(err.value)
+    assert [str(e) for e in Roster.problems(text, "agents.tokens")] == [str(err.value)]
+
+
+def test_every_bad_entry_is_found_with_its_file_line_and_field():
+    text = "\n".join(["# floor", f"A1:agent:{'x' * 20}", f"A1:agent:{'y' * 20}", f"B2:boss:{'z' * 20}",
+                      "C3:agent:short", f"D4:agent:{'x' * 20}"])
+    found = [(e.line, e.field) for e in Roster.problems(text, "/etc/dialer/agents.tokens")]
+    assert found == [(3, "id"), (4, "role"), (5, "token"), (6, "token")]
+    assert all(e.source == "/etc/dialer/agents.tokens" for e in Roster.problems(text, "/etc/dialer/agents.tokens"))
 
 
 def test_tokens_from_a_file_or_the_environment(tmp_path):

@@ -203,3 +203,31 @@ def test_one_campaign_mixes_preview_for_high_intent_and_predictive_for_the_rest(
     assert not {r["agent_id"] for r in rest} & seniors
     assert all(r["outcome"] != "abandoned" for r in high)  # preview never abandons
     assert summary["previews"] >= len(high)
+
+
+def test_a_dispositions_tags_re_tier_the_lead_and_a_tier_rule_on_them_routes_it(vrun, monkeypatch, tmp_path):
+    """``[dispositions.X] tags``: the lead gets the tags, is re-tiered by the campaign's tier rules
+    (here: "not_now" -> tier 7, kept for nurture: never dialled again), stored, and the change audited."""
+    import plugins.ranking as ranking
+    import simulations.agents as sim_agents
+    from engine.audit import AuditLog
+
+    async def wrap(self, agent, call):
+        return "not_now"
+
+    monkeypatch.setattr(sim_agents.SimDesk, "wrap_up", wrap)
+    cfg = campaign(retry={"max_attempts": 3},
+                   dispositions={"not_now": {"retry_after": "10m", "tags": ["not_now"]}},
+                   ranking={"tiers": [{"tier": 7, "name": "nurture", "tags_any": ["not_now"], "skip": True}],
+                            "default_tier": 1})
+    audit = AuditLog(tmp_path / "audit.jsonl", clock=lambda: 0.0)
+    leads = [Lead("L1", "t", "+12125550001", tier=1)]
+    dialer, summary, store = vrun(run_script(cfg, {"L1": human(talk=30)}, leads=leads, plugins=[ranking],
+                                             until=3 * 3600, audit=audit))
+    rows = vrun(store.results("t"))
+    assert [r["disposition"] for r in rows] == ["not_now"]  # once: the retry in 10 min is refused (nurture)
+    stored = store._leads[("t", "L1")]
+    assert "not_now" in stored.tags and stored.tier == 7 and stored.attempts == 1
+    assert {b["rule"] for b in vrun(store.blocks("t"))} == {"nurture_tier"}  # the retry, refused by the gate
+    changes = [e for e in audit.entries() if e["actor"] == "engine" and e["action"] == "update"]
+    assert [(e["fields"], e["reason"]) for e in changes] == [(["tags", "tier"], "disposition not_now")]

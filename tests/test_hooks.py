@@ -243,3 +243,31 @@ def test_ranking_plugins_reorder_the_leads(vrun):
     vrun(store.add_leads(leads))
     claimed = vrun(store.claim_leads("t", 3, now=1e12, node_id="n", lease_s=60))
     assert [lead.lead_id for lead in claimed] == ["L3", "L2", "L1"]
+
+
+def test_a_dial_the_gate_refuses_after_its_reservation_leaves_only_the_block(vrun):
+    """The Dialer reserves a burst with its contexts in one round trip, then asks the gate: a call the
+    gate refuses is never dialled, and its reservation is given back whole -- no attempt counted, no
+    number lock, no call recorded as lost once the lock would have lapsed (6 h here, the lock holds
+    4 h); only the blocks, under the plugin's own rule, one each time the lead came back."""
+
+    class NeverL2:
+        @hookimpl
+        def dialer_check_dial(self, ctx: DialContext, campaign):
+            if ctx.lead.lead_id == "L2":
+                return Veto("test.never", "not this one", retry_at=ctx.now + 3600)
+            return None
+
+    cfg = campaign(retry={"max_attempts": 1})
+    leads = [Lead(f"L{i}", "t", f"+121255500{i:02d}") for i in range(1, 4)]
+    dialer, summary, store = vrun(run_script(cfg, {f"L{i}": human(talk=30) for i in range(1, 4)},
+                                             plugins=[NeverL2()], leads=leads, until=6 * 3600))
+    blocks = vrun(store.blocks("t"))
+    assert len(blocks) >= 5 and {(b["lead_id"], b["rule"]) for b in blocks} == {("L2", "test.never")}
+    rows = vrun(store.results("t"))
+    assert sorted(r["lead_id"] for r in rows) == ["L1", "L3"]  # nothing for L2: not dialled, nothing lost
+    stored = store._leads[("t", "L2")]
+    assert stored.attempts == 0 and stored.status == "pending"
+    now = dialer.clock.now()
+    [ctx] = vrun(store.dial_contexts([stored], now=now, day_keys=[dialer._day_key(stored, now)]))
+    assert not ctx.in_flight and ctx.attempts_today == 0 and ctx.attempts_24h == 0

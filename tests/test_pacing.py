@@ -199,11 +199,15 @@ def test_controller_settings_follow_the_campaign(vrun):
     dialer, _, _ = vrun(run_script(campaign(), {}))
     ctl = dialer.controller
     assert (ctl.guard_room, ctl.gain, ctl.gain_min, ctl.gain_live) == (4.0, 0.1, 0.02, 200.0)
-    cfg = campaign(abandon={"cap_guard_room": 0, "gain": 0.2, "gain_min": 0.05, "gain_live": 500})
+    assert (ctl.safety_z, ctl.prior_live) == (0.7, 1000.0)  # the 30-day window's built-in margin
+    cfg = campaign(abandon={"cap_guard_room": 0, "gain": 0.2, "gain_min": 0.05, "gain_live": 500,
+                            "margin_z": 0.4, "margin_prior_live": 300})
     dialer, _, _ = vrun(run_script(cfg, {}))
     ctl = dialer.controller
     assert (ctl.guard_room, ctl.gain, ctl.gain_min, ctl.gain_live) == (0.0, 0.2, 0.05, 500.0)
     assert ctl.current_gain() == pytest.approx(0.2)
+    assert (ctl.safety_z, ctl.prior_live) == (0.4, 300.0)
+    assert ctl.working_target(0) == pytest.approx(0.03 - 0.4 * (0.03 * 0.97 / 300) ** 0.5)
 
 
 def test_controller_refuses_settings_that_cannot_work():

@@ -615,7 +615,7 @@ async def test_a_burst_costs_a_constant_number_of_round_trips(redis_url: str) ->
             cid = f"b{size}"
             await s.add_leads([mk(f"{cid}-{i}", phone(1000 * size + i), campaign=cid) for i in range(size)])
             leads = await s.claim_leads(cid, size, now=T0, node_id="n1", lease_s=60)
-            await s.dial_contexts(leads[:1], now=T0, day_keys=[DAY])  # scripts loaded
+            await s.warm_up()  # every script loaded (a server that restarted reloads them; tested below)
             s._redis.pipeline, s._redis.execute_command = counted_pipeline, counted_command
             trips.clear()
             ctxs = await s.dial_contexts(leads, now=T0, day_keys=[DAY] * size)
@@ -624,6 +624,16 @@ async def test_a_burst_costs_a_constant_number_of_round_trips(redis_url: str) ->
             res = await s.reserve_attempts([attempt(lead) for lead in leads], now=T0, day_keys=[DAY] * size,
                                            caps=BIG, node_id="n1")
             assert all(r.ok for r in res) and len(trips) == 1, trips
+            s._redis.pipeline, s._redis.execute_command = pipeline, execute_command
+            # Read and reserve together (the Dialer's burst): one round trip for both.
+            more = [mk(f"{cid}-m{i}", phone(1000 * size + 500 + i), campaign=cid) for i in range(size)]
+            await s.add_leads(more)
+            leads = await s.claim_leads(cid, size, now=T0, node_id="n1", lease_s=60)
+            s._redis.pipeline, s._redis.execute_command = counted_pipeline, counted_command
+            trips.clear()
+            ctxs, res = await s.read_and_reserve([attempt(lead) for lead in leads], now=T0, day_keys=[DAY] * size,
+                                                 caps=BIG, node_id="n1")
+            assert len(ctxs) == size and all(r.ok for r in res) and len(trips) == 1, trips
             s._redis.pipeline, s._redis.execute_command = pipeline, execute_command
         # Refusals after the gate (DNC, a number already locked) undo the half that passed: one more trip.
         await s.add_leads([mk(f"r-{i}", phone(9000 + i), campaign="r") for i in range(20)])
@@ -640,6 +650,45 @@ async def test_a_burst_costs_a_constant_number_of_round_trips(redis_url: str) ->
     finally:
         s._redis.pipeline, s._redis.execute_command = pipeline, execute_command
         await s.close()
+
+
+async def test_read_and_reserve_reads_before_reserving_and_undo_gives_everything_back(store: Store) -> None:
+    """The Dialer's one-round-trip burst: each context as it was before the burst's reservations; the
+    reservations as ``reserve_attempts`` makes them; and the ones the gate then refuses given back
+    whole: number unlocked and uncounted, the lead's count as claimed, leased again, so that its
+    release reschedules it and another dial of it can be reserved."""
+    await store.add_leads([mk(f"l{i}", phone(700 + i)) for i in range(6)])
+    await store.add_dnc([phone(705)])
+    leads = await store.claim_leads("t", 6, now=T0, node_id="n1", lease_s=60)
+    calls = [attempt(lead) for lead in leads]
+    ctxs, res = await store.read_and_reserve(calls, now=T0, day_keys=[DAY] * 6, caps=BIG, node_id="n1")
+    assert [c.lead.lead_id for c in ctxs] == [lead.lead_id for lead in leads]
+    assert not any(c.in_flight or c.attempts_today or c.attempts_24h for c in ctxs)  # read before reserving
+    assert [c.dnc for c in ctxs] == [lead.phone == phone(705) for lead in leads]
+    assert [r.rule for r in res] == ["dnc" if lead.phone == phone(705) else "" for lead in leads]
+    assert (await store.lead_counts("t"))["in_call"] == 5
+    refused = [c for c, r in zip(calls, res, strict=True) if r.ok][:3]  # as if the gate said no to three
+    await store.undo_reservations(refused, now=T0, day_keys=[DAY] * 3)
+    await store.undo_reservations(refused, now=T0, day_keys=[DAY] * 3)  # twice: nothing more given back
+    assert await store.lead_counts("t") == {"pending": 0, "leased": 4, "in_call": 2, "done": 0}
+    after = await store.dial_contexts([c.lead for c in refused], now=T0 + 1, day_keys=[DAY] * 3)
+    assert not any(c.in_flight or c.attempts_today or c.attempts_24h for c in after)
+    for call in refused:  # the claimed copy is current again: released and claimed afresh, then dialled
+        await store.release_lead(call.lead, now=T0 + 1, next_eligible=T0 + 2)
+    again = await store.claim_leads("t", 6, now=T0 + 3, node_id="n2", lease_s=60)
+    assert sorted(lead.lead_id for lead in again) == sorted(c.lead.lead_id for c in refused)
+    assert all(lead.attempts == 0 for lead in again)
+    redial = [attempt(lead) for lead in again]
+    assert all(r.ok for r in await store.reserve_attempts(redial, now=T0 + 3, day_keys=[DAY] * 3, caps=BIG,
+                                                           node_id="n2"))
+    # A reservation that is no longer the call's own (here: finished) is left alone by an undo.
+    kept = [c for c, r in zip(calls, res, strict=True) if r.ok][3:]
+    await store.finish_attempt(kept[0], result(kept[0]), now=T0 + 4, next_eligible=None, abandoned=False,
+                               live=False)
+    await store.undo_reservations(kept, now=T0 + 4, day_keys=[DAY] * 2)  # the other one is given back
+    assert await store.lead_counts("t") == {"pending": 0, "leased": 2, "in_call": 3, "done": 1}
+    [ctx] = await store.dial_contexts([kept[0].lead], now=T0 + 5, day_keys=[DAY])
+    assert ctx.attempts_today == 1 and not ctx.in_flight  # the finished call still counted
 
 
 async def test_a_burst_after_a_script_flush_reloads_and_runs_each_script_once(redis_url: str) -> None:

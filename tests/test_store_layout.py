@@ -88,7 +88,7 @@ def test_the_conversion_formula_matches_both_layouts() -> None:
     rng = random.Random(7)
     for ix in [0, 1, (1 << 63) - 1, 1 << 47, (1 << 51) - 1, *(rng.getrandbits(63) for _ in range(20_000))]:
         assert migrate_member(old_tag(ix), old_member(ix)) == (bucket_of(ix), member_of(ix))
-    assert BUCKET_BITS == 12 and LAYOUT_VERSION == 2
+    assert BUCKET_BITS == 12 and redis_store.BUCKETS_LAYOUT == 2 and LAYOUT_VERSION == 3
 
 
 async def test_a_fresh_store_gets_the_layout_key(redis_url: str) -> None:

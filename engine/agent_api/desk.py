@@ -20,15 +20,20 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from engine.agent_api.tokens import Identity, Roster
+from engine.agent_api.tokens import Identity, Roster, RosterChange
 from engine.agents import AgentPool
 from engine.audit import AuditLog
+from engine.calls import UNANSWERED
 from engine.config import CampaignConfig
-from engine.models import Agent, AgentState, Alert, CallAttempt, Lead
+from engine.lanes import build_lanes
+from engine.models import Agent, AgentState, Alert, CallAttempt, CallState, Lead
+from engine.pbx.base import PbxError
+from engine.plugins import retier
 from engine.privacy import add_note, add_tags, preview_pop, screen_pop, view_lead
 from engine.retry import follow_up_delay
 
 if TYPE_CHECKING:
+    from engine.agent_api.server import AgentApiServer
     from engine.dialer import Dialer
 
 log = structlog.get_logger("engine.agent_api")
@@ -39,6 +44,14 @@ MAX_NOTE = 4000  # characters in one note
 MAX_TAGS = 20  # tags in one request
 MAX_TAG = 64  # characters in one tag
 CLOSE = object()  # put in a connection's queue: say goodbye and close
+
+
+@dataclass(frozen=True, slots=True)
+class CloseWith:
+    """Put in a connection's queue: close it with this WebSocket close code and reason."""
+
+    code: int
+    reason: bytes
 
 
 class DeskError(Exception):
@@ -59,6 +72,7 @@ class _Offer:
     lead: Lead
     alerts: tuple[Alert, ...]
     decision: asyncio.Future[bool]
+    call: CallAttempt  # the attempt an accept dials (its call id is known before the dial)
 
 
 @dataclass
@@ -67,6 +81,7 @@ class _Seat:
 
     agent_id: str
     offer: _Offer | None = None
+    dialing: _Offer | None = None  # the accepted preview, while its call is placed and rings (cancel)
     call_id: str | None = None  # the call that is theirs: connected, or in wrap-up
     wrap_call: CallAttempt | None = None
     wrap: asyncio.Future[str | None] | None = None
@@ -100,6 +115,7 @@ class ApiDesk:
         self._pool: AgentPool | None = None
         self._offers = itertools.count(1)
         self._stopping = False
+        self.server: AgentApiServer | None = None  # while serving
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -130,6 +146,74 @@ class ApiDesk:
             raise DeskError(503, "the campaign is not running yet")
         return self._pool
 
+    # -- the roster, reloaded while serving ------------------------------------------------
+
+    def reload_tokens(self) -> None:
+        """Read the tokens file again (SIGHUP to ``dialer run``); safe from a signal handler."""
+        if self.server is None:
+            log.warning("agent tokens not reloaded: the agent API is not serving")
+            return
+        self.server.reload_tokens()
+
+    def replace_roster(self, roster: Roster, *, why: str) -> tuple[RosterChange, list[str]]:
+        """Take a reloaded roster: from this moment only its tokens open anything. Returns what changed and
+        the agents who joined, whose PBX sessions ``bring_up`` then starts.
+
+        Agents it adds join logged out, and get no call before their PBX session is up. Agents whose token
+        went (removed, changed, or no longer of role agent) are logged out without cutting anything short: at
+        once when ready or paused, else when their call, wrap-up or accepted preview ends; a preview not yet
+        accepted is withdrawn (nothing was dialled: the lead goes back as a skip). Signing in again with a
+        valid token (``login``) keeps them. The server closes the connections of tokens that went.
+        """
+        change = roster.changes_from(self.roster)
+        self.roster = roster
+        pool = self.pool
+        for agent_id in (*change.removed, *change.changed):
+            if agent_id in self.seats and agent_id in pool.agents:
+                self._retire(pool.agents[agent_id], why)
+        joined = []
+        for agent_id in roster.agents:
+            if agent_id in change.added and agent_id in pool.agents:
+                pool.stay(agent_id)  # removed, then put back before they had left
+            if agent_id not in self.seats:
+                self.seats[agent_id] = _Seat(agent_id)
+            if agent_id not in pool.agents:
+                self._join(agent_id)
+                joined.append(agent_id)
+        self.sync_states()
+        return change, joined
+
+    def _retire(self, agent: Agent, why: str) -> None:
+        seat = self.seats[agent.agent_id]
+        seat.pause_after = False  # they leave at the end of the call, not just pause
+        offer = seat.offer
+        if offer is not None and not offer.decision.done():
+            offer.decision.set_result(False)
+            self.push(agent.agent_id, {"type": "preview_withdrawn", "offer_id": offer.offer_id})
+        self.pool.retire(agent.agent_id)
+        log.info("agent's token revoked; logging out", agent_id=agent.agent_id, reason=why,
+                 after_call=agent.agent_id in self.pool.leaving)
+
+    def _join(self, agent_id: str) -> None:
+        """An agent new to the roster joins the shift, logged out, in the lane their skills give them."""
+        agent = Agent(agent_id, skills=tuple(self.cfg.agents.skills.get(agent_id, ())))
+        _, groups = build_lanes(self.cfg, [agent])
+        self.pool.add(agent, groups.get(agent_id, ""))
+        self.pool.session_lost(agent_id)  # no call is put through to them before their PBX session is up
+        log.info("agent added to the roster", agent_id=agent_id)
+
+    async def bring_up(self, agent_ids: list[str]) -> None:
+        """The PBX sessions of agents who joined (as at the start of the shift); then they can take calls."""
+        for agent_id in agent_ids:
+            try:
+                await self.dialer.pbx.agent_login(agent_id)  # bounded by the backend (Asterisk: rings the phone)
+            except PbxError as exc:
+                log.warning("new agent's PBX session not up; no calls until it is", agent_id=agent_id,
+                            error=str(exc))
+                continue
+            self.pool.session_back(agent_id)
+        self.sync_states()
+
     # -- AgentDesk ------------------------------------------------------------------------
 
     async def run(self, pool: AgentPool) -> None:
@@ -140,9 +224,10 @@ class ApiDesk:
         self.sync_states()  # what every screen is told from now on is a change from here
         server = AgentApiServer(self)
         await server.start()
+        self.server = server
         self.port = server.port
         self.serving.set()
-        log.info("agent api listening", host=self.host, port=self.port, agents=len(self.seats))
+        log.info("agent api listening", host=self.host, port=self.port, agents=len(self.seats), tls=server.tls)
         try:
             while True:
                 await asyncio.sleep(STATE_WATCH_S)
@@ -150,6 +235,7 @@ class ApiDesk:
         finally:
             self._stopping = True
             self.serving.clear()
+            self.server = None
             await server.stop()
             log.info("agent api stopped")
 
@@ -161,14 +247,17 @@ class ApiDesk:
         """
         seat = self.seats[agent.agent_id]
         lead, alerts = call.lead, call.alerts
-        offer = _Offer(f"P{next(self._offers)}", lead, alerts, asyncio.get_running_loop().create_future())
-        seat.offer = offer
+        offer = _Offer(f"P{next(self._offers)}", lead, alerts, asyncio.get_running_loop().create_future(), call)
+        seat.offer, seat.dialing = offer, None
         try:
             pop = preview_pop(lead, agent_id=agent.agent_id, history=call.lead_history, alerts=alerts,
                               audit=self.audit)
             self.push(agent.agent_id, {"type": "preview", "offer_id": offer.offer_id,
                                        "timeout_s": self.cfg.pacing.preview_timeout, "screen_pop": pop})
-            return await offer.decision
+            go = await offer.decision
+            if go:
+                seat.dialing = offer  # until the call ends: it may be called off while it rings
+            return go
         finally:
             seat.offer = None
             if not offer.decision.done():
@@ -205,6 +294,7 @@ class ApiDesk:
                 return default
         finally:
             seat.call_id = seat.wrap_call = seat.wrap = None
+            seat.dialing = None
             if seat.pause_after and agent.state == AgentState.WRAP_UP:
                 seat.pause_after = False
                 self.pool.pause(agent.agent_id)  # the dialer leaves a paused agent paused
@@ -271,6 +361,8 @@ class ApiDesk:
                 continue
             if agent.call_id is None and seat.wrap is None:
                 seat.call_id = None  # e.g. hung up before the bridge: nothing of that call is theirs now
+            if seat.dialing is not None and seat.dialing.call.state == CallState.ENDED and seat.wrap is None:
+                seat.dialing = None
             state = agent.state.value
             if state != seat.told_state:
                 seat.told_state = state
@@ -293,14 +385,20 @@ class ApiDesk:
         """Where the agent stands: state, the preview waiting for them, their call."""
         seat = self.seats[who.actor]
         agent = self._pool.agents.get(who.actor) if self._pool is not None else None
+        ringing = seat.dialing is not None and seat.dialing.call.state in UNANSWERED
         return {"agent_id": who.actor, "role": who.role,
                 "state": agent.state.value if agent else AgentState.LOGGED_OUT.value,
                 "offer_id": seat.offer.offer_id if seat.offer else None, "call_id": seat.call_id,
+                "dialing": {"offer_id": seat.dialing.offer_id, "call_id": seat.dialing.call.call_id}
+                if ringing and seat.dialing is not None else None,
                 "wrap_up": seat.wrap is not None, "pause_after_call": seat.pause_after}
 
     def login(self, who: Identity) -> dict[str, Any]:
         """At the desk, paused: calls come only once the agent says ready."""
         agent = self._agent(who)
+        if agent.agent_id in self.pool.leaving:  # signed in again (e.g. with their new token) before leaving
+            self.pool.stay(agent.agent_id)
+            log.info("agent stays after a roster reload", agent_id=agent.agent_id)
         if agent.state == AgentState.LOGGED_OUT:
             self.pool.pause(agent.agent_id)
             log.info("agent logged in", agent_id=agent.agent_id)
@@ -351,7 +449,34 @@ class ApiDesk:
             raise DeskError(409, f"no preview {offer_id!r} is waiting for you (it may have timed out)")
         offer.decision.set_result(go)
         log.info("preview decided", agent_id=agent.agent_id, offer_id=offer_id, go=go)
-        return {"offer_id": offer_id, "accepted": go}
+        if go:  # the call about to be placed: cancel it by the offer while it rings, or follow it by this id
+            return {"offer_id": offer_id, "accepted": True, "call_id": offer.call.call_id}
+        return {"offer_id": offer_id, "accepted": False}
+
+    async def cancel(self, who: Identity, offer_id: str) -> dict[str, Any]:
+        """Call off the preview the agent accepted, while its call is still ringing: hung up on the PBX, the
+        attempt recorded as ``cancelled`` and the lead retried by ``[retry] cancelled``; the agent is back to
+        ready (and the next preview). Refused once the call is answered: a person is on the line."""
+        agent = self._agent(who)
+        seat = self.seats[agent.agent_id]
+        offer = seat.dialing
+        if offer is None or offer.offer_id != offer_id:
+            if seat.offer is not None and seat.offer.offer_id == offer_id:
+                raise DeskError(409, f"preview {offer_id!r} is not accepted yet: skip it instead")
+            raise DeskError(409, f"no call of preview {offer_id!r} is being placed for you")
+        call = offer.call
+        which = {"call_id": call.call_id}
+        if call.state == CallState.ENDED:
+            raise DeskError(409, "the call has already ended", **which)
+        if not (call.state in UNANSWERED and await self.dialer.cancel_unanswered(call)):
+            if call.state in UNANSWERED:  # its attempt is over without a dial (e.g. blocked at the reservation)
+                raise DeskError(409, "the call has already ended (it was not placed)", **which)
+            raise DeskError(409, "the call was answered: it cannot be cancelled; it is yours now (end it with "
+                            f"POST /calls/{call.call_id}/hangup)", **which)
+        seat.dialing = None
+        log.info("preview call cancelled", agent_id=agent.agent_id, offer_id=offer_id, call_id=call.call_id)
+        self.push(agent.agent_id, {"type": "call_cancelled", "offer_id": offer_id, "call_id": call.call_id})
+        return {"offer_id": offer_id, "call_id": call.call_id, "cancelled": True}
 
     def offer_view(self, who: Identity, offer_id: str) -> dict[str, Any]:
         """The preview waiting for the agent, read again (e.g. after reconnecting); audited like the push."""
@@ -398,6 +523,7 @@ class ApiDesk:
         if not clean:
             raise DeskError(400, "tags: give a list of one or more tags")
         add_tags(call.lead, tags=clean, agent_id=who.actor, audit=self.audit)
+        retier(self.dialer.plugins, self.dialer.cfg, call.lead)  # a tag a tier rule reads routes it next time
         await self.dialer.store.add_leads([call.lead])
         return {"call_id": call_id, "tags": list(call.lead.tags)}
 
@@ -410,6 +536,7 @@ class ApiDesk:
             raise DeskError(400, f"note: at most {MAX_NOTE} characters")
         add_note(call.lead, note=note.strip(), tags=_tags(tags) if tags else (), agent_id=who.actor,
                  audit=self.audit)
+        retier(self.dialer.plugins, self.dialer.cfg, call.lead)
         await self.dialer.store.add_leads([call.lead])
         notes = call.lead.attributes.get("notes")
         return {"call_id": call_id, "notes": len(notes) if isinstance(notes, list) else 0,

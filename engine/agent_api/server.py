@@ -9,6 +9,11 @@ can record one; aiohttp's own access log is off, and the desk logs what matters
 Every reply is JSON. A refusal is ``{"error": "<why>"}`` with the HTTP status
 the desk chose (400 bad input, 401 no valid token, 403 not allowed, 409 not
 now). See docs/agent-api.md for the endpoints and the events.
+
+With ``[agents] tls_cert`` and ``tls_key`` the server speaks HTTPS/WSS only. The
+token roster is read again on ``reload_tokens`` (SIGHUP) and whenever the tokens
+file changes (a task of the server looks every ``TOKENS_WATCH_S``); a connection
+opened with a token that no longer holds is closed (4401, "token revoked").
 """
 
 from __future__ import annotations
@@ -16,14 +21,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from engine.agent_api.desk import CLOSE, DeskError
-from engine.agent_api.tokens import Identity
+from engine.agent_api.desk import CLOSE, CloseWith, DeskError
+from engine.agent_api.tls import server_context
+from engine.agent_api.tokens import Identity, Roster, TokenError
 
 if TYPE_CHECKING:
     from engine.agent_api.desk import ApiDesk
@@ -34,6 +43,9 @@ PREFIX = "/api/v1"
 AUTH_WAIT_S = 10.0  # a WebSocket must say who it is within this long
 HEARTBEAT_S = 30.0  # WebSocket pings: a dead connection is noticed (and its agent paused) within about this
 SHUTDOWN_S = 5.0  # bounded wait for open requests and connections at shutdown
+TOKENS_WATCH_S = 2.0  # how often the tokens file is looked at for a change
+REVOKED = CloseWith(4401, b"token revoked")  # the close of a connection whose token no longer holds
+WHO = web.RequestKey("who", Identity)  # the caller, set by the auth middleware
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -48,16 +60,39 @@ def _bearer(request: web.Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What tells a changed file (also one replaced by rename, as editors do), or None if it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+@dataclass(slots=True)
+class _Conn:
+    """One open event stream: who opened it, with which token (its digest), and its event queue."""
+
+    who: Identity
+    digest: bytes
+    queue: asyncio.Queue[Any]
+
+
 class AgentApiServer:
     """The aiohttp application of one ``ApiDesk``: started and stopped by the desk's ``run``."""
 
     def __init__(self, desk: ApiDesk) -> None:
         self.desk = desk
         self.port = desk.port
-        self._sockets: set[web.WebSocketResponse] = set()
+        self.tls = desk.cfg.agents.tls_cert is not None
+        self.tokens_watch_s = TOKENS_WATCH_S
+        self._sockets: dict[web.WebSocketResponse, _Conn] = {}
         self._no_sockets = asyncio.Event()  # set whenever no WebSocket is open
         self._no_sockets.set()
         self._runner: web.AppRunner | None = None
+        self._watcher: asyncio.Task[None] | None = None  # re-reads the tokens file (owned; cancelled in stop)
+        self._reload_asked = asyncio.Event()
+        self.reloads = 0  # roster reloads done (taken or refused), for tests and status
         self.app = web.Application(middlewares=[self._auth])
         r = self.app.router
         r.add_get(f"{PREFIX}/events", self._events)
@@ -73,6 +108,8 @@ class AgentApiServer:
                    self._call(lambda who, req: self.desk.decide(who, req.match_info["offer_id"], True)))
         r.add_post(f"{PREFIX}/previews/{{offer_id}}/skip",
                    self._call(lambda who, req: self.desk.decide(who, req.match_info["offer_id"], False)))
+        r.add_post(f"{PREFIX}/previews/{{offer_id}}/cancel",
+                   self._call(lambda who, req: self.desk.cancel(who, req.match_info["offer_id"])))
         r.add_get(f"{PREFIX}/calls/{{call_id}}",
                   self._call(lambda who, req: self.desk.call_view(who, req.match_info["call_id"])))
         r.add_post(f"{PREFIX}/calls/{{call_id}}/tags", self._call(self._tags, body=True))
@@ -85,9 +122,12 @@ class AgentApiServer:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Listen (HTTPS only when ``[agents] tls_cert``/``tls_key`` are set: a ``TlsError`` names a bad
+        file) and start watching the tokens file."""
+        ssl_context = server_context(self.desk.cfg.agents)
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_S)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.desk.host, self.desk.port)
+        site = web.TCPSite(self._runner, self.desk.host, self.desk.port, ssl_context=ssl_context)
         try:
             await site.start()
         except OSError as exc:
@@ -96,9 +136,17 @@ class AgentApiServer:
                           f"([agents] host, port): {exc.strerror or exc}") from exc
         bound = self._runner.addresses
         self.port = int(bound[0][1]) if bound else self.desk.port
+        tokens_file = self.desk.cfg.agents.tokens_file
+        if tokens_file:
+            self._watcher = asyncio.create_task(self._watch_tokens(Path(tokens_file)), name="agent-api-tokens")
 
     async def stop(self) -> None:
         """No new connections, every screen told and closed, then the server's own bounded cleanup."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
         self.desk.close_all()
         sockets = list(self._sockets)
         if sockets:
@@ -107,10 +155,73 @@ class AgentApiServer:
                 async with asyncio.timeout(SHUTDOWN_S):
                     await self._no_sockets.wait()
             for ws in list(self._sockets):
-                await ws.close(code=WSCloseCode.GOING_AWAY, message=b"engine stopping")
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(SHUTDOWN_S):
+                        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"engine stopping")
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    # -- the token roster, reloaded --------------------------------------------------------
+
+    def reload_tokens(self) -> None:
+        """Read the tokens file again now (SIGHUP); safe from a signal handler: the watcher does the work."""
+        if self._watcher is None:
+            log.warning("agent tokens not reloaded: they come from the environment variable "
+                        f"{self.desk.cfg.agents.tokens_env}, fixed at start; restart to change them "
+                        "(or use [agents] tokens_file)")
+            return
+        self._reload_asked.set()
+
+    async def _watch_tokens(self, path: Path) -> None:
+        """Reload the roster when asked or when the file changes; one task does every reload, in order."""
+        seen = _stamp(path)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.tokens_watch_s):
+                    await self._reload_asked.wait()
+            asked = self._reload_asked.is_set()
+            self._reload_asked.clear()
+            now = _stamp(path)
+            if not asked and now == seen:
+                continue
+            seen = now
+            try:
+                await self._reload(path, "SIGHUP" if asked else "file changed")
+            except Exception:  # a bug here must not end the watching, nor the campaign
+                log.exception("agent tokens reload failed; the roster in use stands", file=str(path))
+            self.reloads += 1
+
+    async def _reload(self, path: Path, why: str) -> None:
+        """Swap the roster for the file's, or keep the one in use if the file does not parse; audited."""
+        try:
+            roster = Roster.from_file(path)
+        except TokenError as exc:
+            # The message names the file, line and field, never a token.
+            log.error("agent tokens file not reloaded; the roster in use stands", file=exc.source or str(path),
+                      line=exc.line, field=exc.field, error=str(exc), reason=why)
+            self.desk.audit.record(actor="engine", role="admin", action="roster_reload_refused", lead_id="",
+                                   fields=("agents.tokens_file",), reason=f"{why}: {exc}")
+            return
+        change, joined = self.desk.replace_roster(roster, why=why)
+        closed = self._close_revoked(roster)  # at once: before any slow PBX login of someone new
+        log.info("agent tokens reloaded", file=str(path), reason=why, added=list(change.added),
+                 removed=list(change.removed), changed=list(change.changed), streams_closed=closed)
+        self.desk.audit.record(actor="engine", role="admin", action="roster_reload", lead_id="",
+                               fields=("agents.tokens_file",), reason=f"{why}: {change.describe()}")
+        await self.desk.bring_up(joined)
+
+    def _close_revoked(self, roster: Roster) -> int:
+        """Close every event stream opened with a token the roster no longer gives to the same person."""
+        closed = 0
+        for conn in list(self._sockets.values()):
+            if roster.holds(conn.who, conn.digest):
+                continue
+            conn.queue.put_nowait({"type": "token_revoked", "reason": "your token was revoked or changed: "
+                                   "sign in again with a valid one"})
+            conn.queue.put_nowait(REVOKED)
+            closed += 1
+        return closed
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -123,7 +234,7 @@ class AgentApiServer:
             log.warning("agent api: request without a valid token refused", path=request.path,
                         remote=request.remote)
             return _error(401, "a valid token is required (Authorization: Bearer <token>)")
-        request["who"] = who
+        request[WHO] = who
         return await handler(request)
 
     @staticmethod
@@ -136,7 +247,7 @@ class AgentApiServer:
         """A route: the caller's identity (and JSON body) to a desk action, its answer or refusal as JSON."""
 
         async def handle(request: web.Request) -> web.StreamResponse:
-            who: Identity = request["who"]
+            who = request[WHO]
             try:
                 if body:
                     try:
@@ -171,19 +282,22 @@ class AgentApiServer:
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         """One WebSocket: events pushed to its agent (or to a supervisor: every agent's state)."""
-        who = self.desk.roster.identify(_bearer(request))
+        token = _bearer(request)
+        who = self.desk.roster.identify(token)
         ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S)
         await ws.prepare(request)
         if who is None:
-            who = await self._first_message_auth(ws)
+            token = await self._first_message_token(ws)
+            who = self.desk.roster.identify(token)
             if who is None:
                 log.warning("agent api: event stream without a valid token refused", remote=request.remote)
                 await ws.send_json({"type": "error", "error": "a valid token is required"})
                 await ws.close(code=4401, message=b"unauthorized")
                 return ws
-        self._sockets.add(ws)
-        self._no_sockets.clear()
+        assert token is not None
         queue = self.desk.subscribe(who)
+        self._sockets[ws] = _Conn(who, self.desk.roster.digest_of(token), queue)
+        self._no_sockets.clear()
         writer = asyncio.create_task(self._pump(ws, queue), name=f"agent-api-writer-{who.actor}")
         try:
             async for msg in ws:
@@ -194,12 +308,14 @@ class AgentApiServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
             self.desk.unsubscribe(who, queue)
-            self._sockets.discard(ws)
+            self._sockets.pop(ws, None)
             if not self._sockets:
                 self._no_sockets.set()
         return ws
 
-    async def _first_message_auth(self, ws: web.WebSocketResponse) -> Identity | None:
+    @staticmethod
+    async def _first_message_token(ws: web.WebSocketResponse) -> str | None:
+        """The token of a ``{"type": "auth", "token": ...}`` first message, or None."""
         try:
             async with asyncio.timeout(AUTH_WAIT_S):
                 msg = await ws.receive()
@@ -213,7 +329,7 @@ class AgentApiServer:
             return None
         if not isinstance(data, dict) or data.get("type") != "auth" or not isinstance(data.get("token"), str):
             return None
-        return self.desk.roster.identify(data["token"])
+        return str(data["token"])
 
     @staticmethod
     def _incoming(text: str, queue: asyncio.Queue[Any]) -> None:
@@ -235,6 +351,9 @@ class AgentApiServer:
             event = await queue.get()
             if event is CLOSE:
                 await ws.close(code=WSCloseCode.GOING_AWAY, message=b"closed by the engine")
+                return
+            if isinstance(event, CloseWith):
+                await ws.close(code=event.code, message=event.reason)
                 return
             try:
                 await ws.send_json(event)

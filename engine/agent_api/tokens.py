@@ -5,7 +5,9 @@ and pasted into tickets): they come from a file readable by the engine's user
 only, or from an environment variable. Each entry is ``id:role:token``, one per
 line (or separated by commas in the environment); ``#`` starts a comment line.
 Only a SHA-256 digest of each token is kept in memory, and no error message or
-log line ever contains one: a bad entry is named by its line number.
+log line ever contains one: a bad entry is named by its line number and field.
+The file may change while a campaign runs (``engine.agent_api.server`` reads it
+again); ``Roster.changes_from`` says who a new version adds, removes or changes.
 """
 
 from __future__ import annotations
@@ -25,7 +27,19 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class TokenError(ValueError):
-    """The token source is missing or malformed; the message names where, never a token."""
+    """The token source is missing or malformed; the message names where, never a token.
+
+    ``source`` (the file, or ``$VARIABLE``), ``line`` (None for the environment or the whole source) and
+    ``field`` (``id``, ``role``, ``token``, ``entry`` for a malformed one, None for the whole source) say
+    where, so a log line can carry them as fields.
+    """
+
+    def __init__(self, message: str, *, source: str = "", line: int | None = None,
+                 field: str | None = None) -> None:
+        super().__init__(message)
+        self.source = source
+        self.line = line
+        self.field = field
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,29 +64,48 @@ class Roster:
     def __init__(self, entries: Iterable[tuple[str, str, str]]) -> None:
         self._by_digest: dict[bytes, Identity] = {}
         self._ids: dict[str, Identity] = {}
+        self._digest_of: dict[str, bytes] = {}
         for actor, role, token in entries:
             self._add(actor, role, token, where=actor)
 
-    def _add(self, actor: str, role: str, token: str, *, where: str) -> None:
+    def _add(self, actor: str, role: str, token: str, *, where: str, source: str = "",
+             line: int | None = None) -> None:
+        def bad(field: str, why: str) -> TokenError:
+            return TokenError(f"{where}: {field}: {why}", source=source, line=line, field=field)
+
         if not _ID.match(actor):
-            raise TokenError(f"{where}: {actor!r} is not an id (letters, digits, '_', '.', '-'; at most 64)")
+            raise bad("id", f"{actor!r} is not an id (letters, digits, '_', '.', '-'; at most 64)")
         if role not in ROLES:
-            raise TokenError(f"{where}: role {role!r} is not one of {', '.join(ROLES)}")
+            raise bad("role", f"role {role!r} is not one of {', '.join(ROLES)}")
         if len(token) < MIN_TOKEN_LENGTH:
-            raise TokenError(f"{where}: the token of {actor!r} is shorter than {MIN_TOKEN_LENGTH} characters "
-                             "(make one with: python3 -c \"import secrets; print(secrets.token_urlsafe(24))\")")
+            raise bad("token", f"the token of {actor!r} is shorter than {MIN_TOKEN_LENGTH} characters "
+                      "(make one with: python3 -c \"import secrets; print(secrets.token_urlsafe(24))\")")
         if actor in self._ids:
-            raise TokenError(f"{where}: {actor!r} is listed twice")
+            raise bad("id", f"{actor!r} is listed twice")
         digest = _digest(token)
         if digest in self._by_digest:
-            raise TokenError(f"{where}: {actor!r} has the same token as {self._by_digest[digest].actor!r}")
+            raise bad("token", f"{actor!r} has the same token as {self._by_digest[digest].actor!r}")
         self._by_digest[digest] = self._ids[actor] = Identity(actor, role)
+        self._digest_of[actor] = digest
 
     @classmethod
     def parse(cls, text: str, source: str) -> Roster:
         """Entries ``id:role:token`` from ``text`` (lines or commas); errors name ``source`` and the entry number."""
+        return cls._read(text, source, None)
+
+    @classmethod
+    def problems(cls, text: str, source: str) -> list[TokenError]:
+        """Every bad entry of ``text``, not just the first (``dialer check`` lists them all); empty if it parses."""
+        found: list[TokenError] = []
+        cls._read(text, source, found)
+        return found
+
+    @classmethod
+    def _read(cls, text: str, source: str, problems: list[TokenError] | None) -> Roster:
+        """The roster of ``text``; the first error raised, or each one appended to ``problems``."""
         roster = cls(())
         n = 0
+        in_file = "\n" in text.strip()
         for line_no, line in enumerate(text.splitlines(), start=1):
             if line.strip().startswith("#"):
                 continue
@@ -81,13 +114,23 @@ class Roster:
                 if not entry:
                     continue
                 n += 1
-                where = f"{source}:{line_no}" if "\n" in text.strip() else f"{source} (entry {n})"
+                where = f"{source}:{line_no}" if in_file else f"{source} (entry {n})"
                 fields = entry.split(":", 2)
-                if len(fields) != 3:
-                    raise TokenError(f"{where}: expected id:role:token")
-                roster._add(fields[0].strip(), fields[1].strip(), fields[2].strip(), where=where)
-        if not roster._ids:
-            raise TokenError(f"{source}: no agent listed (entries are id:role:token)")
+                try:
+                    if len(fields) != 3:
+                        raise TokenError(f"{where}: entry: expected id:role:token", source=source,
+                                         line=line_no if in_file else None, field="entry")
+                    roster._add(fields[0].strip(), fields[1].strip(), fields[2].strip(), where=where,
+                                source=source, line=line_no if in_file else None)
+                except TokenError as exc:
+                    if problems is None:
+                        raise
+                    problems.append(exc)
+        if not roster._ids and not (problems or []):
+            empty = TokenError(f"{source}: no agent listed (entries are id:role:token)", source=source)
+            if problems is None:
+                raise empty
+            problems.append(empty)
         return roster
 
     @classmethod
@@ -96,16 +139,26 @@ class Roster:
         env = os.environ if environ is None else environ
         if section.tokens_file:
             path = Path(section.tokens_file)
-            try:
-                text = path.read_text(encoding="utf-8")
-            except OSError as exc:
-                raise TokenError(f"agents.tokens_file: cannot read {path}: {exc.strerror or exc}") from None
-            return cls.parse(text, str(path))
+            return cls.from_file(path)
         text = env.get(section.tokens_env, "")
         if not text.strip():
             raise TokenError(f"agents: no agent tokens: set agents.tokens_file, or the environment variable "
-                             f"{section.tokens_env} (entries id:role:token)")
+                             f"{section.tokens_env} (entries id:role:token)", source=f"${section.tokens_env}")
         return cls.parse(text, f"${section.tokens_env}")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Roster:
+        """The roster in ``path`` (``[agents] tokens_file``); read again on every reload."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise TokenError(f"agents.tokens_file: cannot read {path}: {exc.strerror or exc}",
+                             source=str(path)) from None
+        except UnicodeDecodeError as exc:
+            raise TokenError(f"agents.tokens_file: {path} is not UTF-8 text (byte {exc.start})",
+                             source=str(path)) from None
+        return cls.parse(text, str(path))
 
     def identify(self, token: str | None) -> Identity | None:
         """The identity a token belongs to, or None."""
@@ -121,3 +174,37 @@ class Roster:
 
     def __contains__(self, actor: object) -> bool:
         return actor in self._ids
+
+    def digest_of(self, token: str) -> bytes:
+        """The form a token is remembered in (a connection keeps it, to be closed if the token is revoked)."""
+        return _digest(token)
+
+    def holds(self, who: Identity, digest: bytes) -> bool:
+        """Whether ``who`` still signs in with the token of ``digest`` (False once revoked, changed or
+        given another role)."""
+        return self._by_digest.get(digest) == who
+
+    def changes_from(self, old: Roster) -> RosterChange:
+        """Who a reload adds, removes, or gives a new token or role (ids only: never a token)."""
+        added = tuple(a for a in self._ids if a not in old._ids)
+        removed = tuple(a for a in old._ids if a not in self._ids)
+        changed = tuple(a for a in self._ids if a in old._ids and (
+            self._ids[a] != old._ids[a] or self._digest_of[a] != old._digest_of[a]))
+        return RosterChange(added, removed, changed)
+
+
+@dataclass(frozen=True, slots=True)
+class RosterChange:
+    """What a roster reload changed, by id."""
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]  # a new token, or a new role
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+    def describe(self) -> str:
+        parts = [f"{what} {', '.join(ids)}" for what, ids in (("added", self.added), ("removed", self.removed),
+                                                              ("token or role changed", self.changed)) if ids]
+        return "; ".join(parts) or "no change"

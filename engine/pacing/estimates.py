@@ -16,9 +16,11 @@ import numpy as np
 REFRESH = 16  # observations a distribution takes before the pacer's conditional tables are rebuilt
 WRAP_BIN = 0.5  # seconds: elapsed wrap-up resolution of those tables
 RING_BIN = 0.25  # seconds: elapsed ring-time resolution
+WRAP_ROWS = 256  # elapsed wrap-up bins (of 3,600) the wrap-up table is first made for: 128 s, more on demand
 
 
 _ONES = np.ones(4096)
+_max = np.maximum.reduce  # ``a.max()`` without its Python wrapper
 # What a derived table was built from: the horizons (the array, and its bytes), and for each
 # distribution behind it the observation count at which the table is stale.
 _TableKey = tuple[np.ndarray, bytes, tuple[int, ...]]
@@ -61,7 +63,7 @@ class Histogram:
 
     def cdf_grid(self) -> np.ndarray:
         if self._cdf is None:
-            c = np.concatenate(([0.0], np.cumsum(self._counts)))
+            c = np.concatenate(([0.0], self._counts.cumsum()))
             self._cdf = c / c[-1]
         return self._cdf
 
@@ -148,7 +150,15 @@ class Estimates:
         # The same tables with their squares alongside ([q | q * q]): one row lookup and one sum give
         # both the mean and the variance of the agents free.
         self._free_sq: tuple[np.ndarray, np.ndarray] = (np.zeros((1, 2)), np.zeros((1, 2)))
+        # The wrap-up table's rows are made as far as elapsed wrap-ups reach (``_wrap_rows`` of them, the
+        # first ``WRAP_ROWS`` at once): wrap-ups last seconds, the table covers half an hour.
+        self._wrap_rows = 0
+        self._wrap_horizons: np.ndarray = np.zeros(0)
         self._ring: tuple[np.ndarray, np.ndarray] = (np.zeros(1), np.zeros((1, 1)))
+        # P(answered needing an agent within each horizon) by elapsed ring bin, and its square, for one
+        # answer rate and one ring table (``_answer_table``): most decisions see the rate of the last one.
+        self._answer_key: tuple[float, np.ndarray] | None = None
+        self._answer: tuple[np.ndarray, np.ndarray] = (np.zeros((1, 1)), np.zeros((1, 1)))
 
     def dialled(self, call_id: str) -> None:
         """Register a dial so that its outcome is learnt in dial order (see ``observe_answer``)."""
@@ -219,8 +229,9 @@ class Estimates:
     def _table_key(horizons: np.ndarray, *hists: Histogram) -> _TableKey:
         return horizons, horizons.tobytes(), tuple(h.n + max(REFRESH, min(h.n // 8, 250)) for h in hists)
 
-    def _free_tables(self, horizons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """P(free within each horizon) by elapsed talk bin and by elapsed wrap-up bin."""
+    def _free_tables(self, horizons: np.ndarray, wrap_rows: int = 1 << 30) -> tuple[np.ndarray, np.ndarray]:
+        """P(free within each horizon) by elapsed talk bin and by elapsed wrap-up bin (the wrap-up table
+        made at least ``wrap_rows`` rows deep, all of them by default; see ``_wrap_rows``)."""
         if self._stale(horizons, self._free_key, self.talk, self.wrap):
             self._free_key = self._table_key(horizons, self.talk, self.wrap)
             self._wrap_mean = None
@@ -231,14 +242,29 @@ class Estimates:
             s_now = np.maximum(self.talk.survival(te), 1e-9)
             # An agent on a call is free once the rest of the talk and a typical wrap-up are over.
             left = np.maximum(horizons[None, :] - wrap_mean, 0.0)
-            talk_q = np.where(left > 0, 1.0 - self.talk.survival(te + left) / s_now, 0.0)
-            self._free = (np.clip(talk_q, 0.0, 1.0), np.clip(self._wrap_table(horizons), 0.0, 1.0))
-            self._free_sq = tuple(np.hstack((q, q * q)) for q in self._free)  # type: ignore[assignment]
+            talk_q = np.clip(np.where(left > 0, 1.0 - self.talk.survival(te + left) / s_now, 0.0), 0.0, 1.0)
+            self._free = (talk_q, talk_q[:0])
+            self._free_sq = (np.hstack((talk_q, talk_q * talk_q)), self._free_sq[1])
+            self._wrap_horizons = horizons
+            self._make_wrap_rows(max(self._wrap_rows, WRAP_ROWS, wrap_rows))
+        elif wrap_rows > self._wrap_rows:
+            self._make_wrap_rows(max(wrap_rows, 2 * self._wrap_rows))
         return self._free
 
-    def _wrap_table(self, horizons: np.ndarray) -> np.ndarray:
-        """P(free within each horizon) by elapsed wrap-up bin: 1 - S(elapsed + h) / S(elapsed)."""
-        we = np.arange(0.0, self.wrap.edges[-1], WRAP_BIN) + WRAP_BIN / 2
+    def _make_wrap_rows(self, rows: int) -> None:
+        """The wrap-up table (and the one with its squares alongside) made ``rows`` rows deep, or whole.
+        Each row is worked out on its own, so the rows made are the very numbers of the whole table."""
+        full = len(np.arange(0.0, self.wrap.edges[-1], WRAP_BIN))
+        rows = min(rows, full)
+        q = np.clip(self._wrap_table(self._wrap_horizons, rows), 0.0, 1.0)
+        self._free = (self._free[0], q)
+        self._free_sq = (self._free_sq[0], np.hstack((q, q * q)))
+        self._wrap_rows = rows
+
+    def _wrap_table(self, horizons: np.ndarray, rows: int | None = None) -> np.ndarray:
+        """P(free within each horizon) by elapsed wrap-up bin: 1 - S(elapsed + h) / S(elapsed) (the first
+        ``rows`` bins, or all)."""
+        we = (np.arange(0.0, self.wrap.edges[-1], WRAP_BIN) + WRAP_BIN / 2)[:rows]
         steps = horizons / WRAP_BIN
         shift = steps.astype(np.intp)
         if not (np.array_equal(shift, steps) and shift.min(initial=0) >= 0):
@@ -263,9 +289,9 @@ class Estimates:
     def free_within(self, talk_elapsed: np.ndarray, wrap_elapsed: np.ndarray,
                     horizons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """P(each agent is ready again within each horizon): arrays shaped (agents, horizons)."""
-        talk_q, wrap_q = self._free_tables(horizons)
         ti = (talk_elapsed * (1.0 / self.talk.step)).astype(np.intp)  # past the last row: the last row
         wi = (wrap_elapsed * (1.0 / WRAP_BIN)).astype(np.intp)
+        talk_q, wrap_q = self._free_tables(horizons, int(_max(wi)) + 1 if len(wi) else 0)
         return talk_q.take(ti, axis=0, mode="clip"), wrap_q.take(wi, axis=0, mode="clip")
 
     def free_sums(self, talk_elapsed: np.ndarray, wrap_elapsed: np.ndarray,
@@ -274,14 +300,15 @@ class Estimates:
         (the mean of the number free, and with it the variance). Rows are looked up in the tables with
         their squares alongside, and summed as a product with a vector of ones (a third the cost of
         ``sum(axis=0)`` on these short, wide arrays): two numpy calls per kind of agent."""
-        self._free_tables(horizons)
+        wi = (wrap_elapsed * (1.0 / WRAP_BIN)).astype(np.intp) if len(wrap_elapsed) else None
+        self._free_tables(horizons, 0 if wi is None else int(_max(wi)) + 1)
         talk, wrap = self._free_sq
         total = None
         if len(talk_elapsed):
             rows = talk.take((talk_elapsed * (1.0 / self.talk.step)).astype(np.intp), axis=0, mode="clip")
             total = _ones(len(rows)) @ rows
-        if len(wrap_elapsed):
-            rows = wrap.take((wrap_elapsed * (1.0 / WRAP_BIN)).astype(np.intp), axis=0, mode="clip")
+        if wi is not None:
+            rows = wrap.take(wi, axis=0, mode="clip")
             more = _ones(len(rows)) @ rows
             total = more if total is None else total + more
         size = len(horizons)
@@ -291,15 +318,29 @@ class Estimates:
 
     def answered_sums(self, ring_elapsed: np.ndarray, horizons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Over the ringing calls, by horizon: the sum of P(answered needing an agent within it) and the
-        sum of its squares."""
-        a = self.answered_within(ring_elapsed, horizons)
-        ones = _ones(len(a))
-        return ones @ a, ones @ (a * a)
+        sum of its squares (each call's row and its square looked up by elapsed ring bin)."""
+        a, a2 = self._answer_table(horizons)
+        ri = (ring_elapsed * (1.0 / RING_BIN)).astype(np.intp)  # past the last bin: the last bin ("clip")
+        ones = _ones(len(ri))
+        return ones @ a.take(ri, axis=0, mode="clip"), ones @ a2.take(ri, axis=0, mode="clip")
 
     def answered_within(self, ring_elapsed: np.ndarray, horizons: np.ndarray) -> np.ndarray:
         """P(each ringing call is answered needing an agent within each horizon), (calls, horizons)."""
+        ri = (ring_elapsed * (1.0 / RING_BIN)).astype(np.intp)  # past the last bin: the last bin ("clip")
+        return self._answer_table(horizons)[0].take(ri, axis=0, mode="clip")
+
+    def _answer_table(self, horizons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """By elapsed ring bin: P(answered needing an agent within each horizon), and its square. A call
+        that has rung for a while without an answer is less likely to be answered at all than a new one:
+        ``p`` scaled by the answer probability left at its elapsed time. Made for every bin at once, for
+        the current answer rate, and kept while that rate and the ring table stay (element by element
+        the very numbers a per-call computation gives: the same operations on the same bin's values)."""
         f_now, f_gain = self._ring_tables(horizons)
         p = self.answer.p
-        ri = (ring_elapsed * (1.0 / RING_BIN)).astype(np.intp)  # past the last bin: the last bin ("clip")
-        scale = p / np.maximum(1.0 - p * f_now.take(ri, mode="clip"), 1e-9)
-        return np.minimum(f_gain.take(ri, axis=0, mode="clip") * scale[:, None], 1.0)
+        key = self._answer_key
+        if key is None or key[0] != p or key[1] is not f_now:
+            scale = p / np.maximum(1.0 - p * f_now, 1e-9)
+            a = np.minimum(f_gain * scale[:, None], 1.0)
+            self._answer = (a, a * a)
+            self._answer_key = (p, f_now)
+        return self._answer

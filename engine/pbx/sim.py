@@ -9,7 +9,7 @@ tens of thousands of calls cheap.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from engine.models import Q850, AnswerKind, CallAttempt
@@ -47,7 +47,6 @@ class _Call:
     state: str = "ringing"  # ringing | answered | connected | message | optout | gone
     timer: asyncio.TimerHandle | None = None
     agent_id: str | None = None
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 class SimBackend:

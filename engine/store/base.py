@@ -8,7 +8,7 @@ clock (virtual in simulations), never read by the store itself.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -76,9 +76,20 @@ class Store(Protocol):
         """Insert or update leads (keyed by campaign and number); returns how many are new."""
 
     async def claim_leads(self, campaign_id: str, n: int, *, now: float, node_id: str,
-                          lease_s: float, tiers: Collection[int] | None = None) -> list[Lead]:
+                          lease_s: float, tiers: Collection[int] | None = None,
+                          zone_bonus: Mapping[str, float] | None = None) -> list[Lead]:
         """Lease up to ``n`` eligible leads in rank order (tier, score, next eligible time),
         only from ``tiers`` when given (a campaign mixing pacing modes by tier).
+
+        Within a tier, leads come highest *effective score* first: the lead's score plus
+        ``zone_bonus[zone]`` (0 for a zone not in it), where ``zone`` is the lead's time zone as
+        imported (``lead_zone``: ``""`` for a lead with none, which the campaign's zone stands
+        for). That is how the best time to call reorders a tier at claim time (the hook
+        ``dialer_claim_order``) without rewriting any stored score. Ready leads are queued per
+        (tier, zone), each queue in score order, and the claim merges the heads of a tier's
+        queues: exactly the order of sorting the tier's ready leads by effective score. Ties go
+        as without a bonus (the Redis store: lead id; the memory store: the order leads became
+        ready), so with no ``zone_bonus`` the order is the plain score order.
 
         A lease that is neither finished nor released by ``now + lease_s`` lapses
         and the lead is handed out again, so a dead node loses no lead. Likewise an
@@ -119,6 +130,23 @@ class Store(Protocol):
         as lost (see ``claim_leads``) -- never dialled twice.
         """
 
+    async def read_and_reserve(self, calls: Sequence[CallAttempt], *, now: float, day_keys: Sequence[str],
+                               caps: Caps, node_id: str) -> tuple[list[DialContext], list[Reservation]]:
+        """``dial_contexts`` then ``reserve_attempts`` for a burst, in one round trip where the store is
+        networked: each context is read just before the reservations, so it is what the gate would
+        have read before them. Reserving before the gate has spoken is safe because nothing is dialled
+        until it has: a call the gate then refuses is undone with ``undo_reservations`` (its number
+        lock, counts and lead restored as they were), and were the node to die first, the attempt is
+        held and recorded as lost like any reserved call of a dead node -- never dialled. Half the
+        round trips of a decision: the wait for Redis is most of a decision's time (BENCHMARKS.md)."""
+
+    async def undo_reservations(self, calls: Sequence[CallAttempt], *, now: float,
+                                day_keys: Sequence[str]) -> None:
+        """Give back reservations ``read_and_reserve`` made for calls that were then not dialled (the
+        gate refused them): the number unlocked, its day and 24 h counts and the lead's attempt count
+        as before, the lead leased to its holder again (so ``release_lead`` can reschedule it). A call
+        whose reservation is no longer its own (finished, recorded as lost) is left alone."""
+
     async def finish_attempt(self, call: CallAttempt, result: CallResult, *, now: float,
                              next_eligible: float | None, abandoned: bool, live: bool,
                              invalid_number: bool = False) -> None:
@@ -147,6 +175,10 @@ class Store(Protocol):
     async def lead_counts(self, campaign_id: str) -> dict[str, int]:
         """Leads per status (pending, leased, done), for progress displays."""
 
+    async def lead_zones(self, campaign_id: str) -> set[str]:
+        """The time zones the campaign's leads are queued under (``lead_zone``): what a claim-order
+        bonus is asked for (once a minute or so, never per claim)."""
+
     async def next_eligible_at(self, campaign_id: str) -> float | None:
         """Earliest time a pending lead becomes eligible, or None when none is left."""
 
@@ -156,8 +188,21 @@ class Store(Protocol):
     async def blocks(self, campaign_id: str) -> list[dict[str, Any]]:
         """Every refused dial recorded for the campaign, oldest first."""
 
+    async def warm_up(self) -> None:
+        """Get ready for the first dials before the campaign starts: a networked store opens the
+        connections and loads the scripts a burst will need, so that the first seconds of a shift are
+        not the slowest (a new connection's handshake and a script's first load land on the decisions
+        that meet them). Failing here is not fatal: the dials themselves will find the store."""
+
     async def close(self) -> None:
         """Release connections."""
+
+
+def lead_zone(lead: Lead) -> str:
+    """The zone a lead is queued under for the claim order: its IANA time zone as imported, or ``""``
+    when it has none (the bonus of ``""`` is the campaign's zone's: the store does not know it). Not
+    checked: a misspelt zone is its own queue, and the bonus hook reads it as the campaign's."""
+    return lead.timezone or ""
 
 
 def abandon_bucket(ts: float, width: float = 60.0) -> int:

@@ -12,13 +12,13 @@ import heapq
 import itertools
 import operator
 from collections import defaultdict, deque
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import fields, replace
 from typing import Any
 
 from engine.models import CallAttempt, CallResult, Lead, Veto
 from engine.pii import BlindIndex
-from engine.store.base import AbandonCounts, Caps, DialContext, Reservation, abandon_bucket, lost_row
+from engine.store.base import AbandonCounts, Caps, DialContext, Reservation, abandon_bucket, lead_zone, lost_row
 
 _DAY = 86_400.0
 _LEAD_FIELDS = [f for f in fields(Lead) if f.init]
@@ -44,8 +44,10 @@ class MemoryStore:
         self._leads: dict[tuple[str, str], Lead] = {}  # (campaign, lead_id) -> lead
         self._by_number: dict[tuple[str, int], str] = {}  # (campaign, number index) -> lead_id
         self._lease_until: dict[tuple[str, str], float] = {}
-        # Per campaign: ready heaps per tier (-score, seq, lead_id) and a waiting heap (time, seq, lead_id).
-        self._ready: dict[str, dict[int, list[tuple[float, int, str]]]] = defaultdict(dict)  # per tier
+        # Per campaign: ready heaps per tier and zone (-score, seq, lead_id) and a waiting heap (time, seq,
+        # lead_id). Per zone so that a claim can add a zone's bonus to a whole queue (``claim_leads``).
+        self._ready: dict[str, dict[int, dict[str, list[tuple[float, int, str]]]]] = defaultdict(dict)
+        self._zones: dict[str, set[str]] = defaultdict(set)  # per campaign: every zone a lead was imported with
         self._waiting: dict[str, list[tuple[float, int, str]]] = defaultdict(list)
         self._dnc: set[int] = set()
         self._dnc_campaign: dict[str, set[int]] = defaultdict(set)
@@ -60,6 +62,8 @@ class MemoryStore:
         self._blocks: dict[str, list[dict[str, Any]]] = defaultdict(list)
         # In a call: what its row is made of if its node dies (made only then: nodes rarely die).
         self._lost: dict[tuple[str, str], tuple[CallAttempt, float]] = {}
+        # A reserved lead's status and lease before its reservation, for ``undo_reservations``.
+        self._before_call: dict[tuple[str, str], tuple[str, float | None]] = {}
         self._finished: set[str] = set()  # call ids recorded (finished, or lost)
 
     # -- leads ---------------------------------------------------------------------------
@@ -75,6 +79,7 @@ class MemoryStore:
                 updated = replace(lead, lead_id=existing_id, attempts=current.attempts,
                                   next_eligible=current.next_eligible, status=current.status)
                 self._leads[(lead.campaign_id, existing_id)] = updated
+                self._zones[lead.campaign_id].add(lead_zone(updated))
                 if updated.status == "pending":
                     self._queue(updated)
                 continue
@@ -83,6 +88,7 @@ class MemoryStore:
                 raise ValueError(f"lead id {lead.lead_id!r} already used for another number")
             self._leads[key] = lead
             self._by_number[(lead.campaign_id, number)] = lead.lead_id
+            self._zones[lead.campaign_id].add(lead_zone(lead))
             if lead.status == "pending":
                 self._queue(lead)
             new += 1
@@ -107,11 +113,13 @@ class MemoryStore:
             elif lead.status == "in_call" and self._lease_until.get((campaign_id, lead_id), 0.0) <= now:
                 self._lose((campaign_id, lead_id), lead, now)
             if lead.status == "pending" and lead.next_eligible <= now:
-                heapq.heappush(ready.setdefault(lead.tier, []), (-lead.score, next(self._seq), lead_id))
+                heapq.heappush(ready.setdefault(lead.tier, {}).setdefault(lead_zone(lead), []),
+                               (-lead.score, next(self._seq), lead_id))
 
     def _lose(self, key: tuple[str, str], lead: Lead, now: float) -> None:
         """An attempt whose number lock lapsed unfinished: recorded once as lost, the lead back for its next."""
         lost = self._lost.pop(key, None)
+        self._before_call.pop(key, None)
         row = lost_row(*lost) if lost is not None else None
         self._lease_until.pop(key, None)
         if row is not None and row["call_id"] not in self._finished:
@@ -122,28 +130,65 @@ class MemoryStore:
         lead.next_eligible = now
 
     async def claim_leads(self, campaign_id: str, n: int, *, now: float, node_id: str,
-                          lease_s: float, tiers: Collection[int] | None = None) -> list[Lead]:
+                          lease_s: float, tiers: Collection[int] | None = None,
+                          zone_bonus: Mapping[str, float] | None = None) -> list[Lead]:
         self._promote(campaign_id, now)
         by_tier, out = self._ready[campaign_id], []
         for tier in sorted(by_tier):
             if tiers is not None and tier not in tiers:
                 continue
-            ready = by_tier[tier]
-            while ready and len(out) < n:
-                _, _, lead_id = heapq.heappop(ready)
-                lead = self._leads[(campaign_id, lead_id)]
-                if lead.status != "pending" or lead.next_eligible > now:
-                    continue  # stale heap entry
-                if lead.tier != tier:  # re-tiered since it was queued
-                    heapq.heappush(by_tier.setdefault(lead.tier, []), (-lead.score, next(self._seq), lead_id))
-                    continue
-                lead.status = "leased"
-                self._lease_until[(campaign_id, lead_id)] = now + lease_s
-                heapq.heappush(self._waiting[campaign_id], (now + lease_s, next(self._seq), lead_id))
-                out.append(_copy_lead(lead))
+            queues = by_tier[tier]
+            if len(queues) == 1:  # one zone: its heap is the order, whatever its bonus
+                [(zone, ready)] = queues.items()
+                while ready and len(out) < n:
+                    moved = self._lease_one(campaign_id, heapq.heappop(ready)[2], tier, zone, now, lease_s, out)
+                    if moved is not None and moved[0] == tier:
+                        break  # re-zoned: the tier has two heaps now, merged below
+            if len(queues) > 1:
+                self._claim_merged(campaign_id, tier, queues, zone_bonus or {}, n, now, lease_s, out)
             if len(out) >= n:
                 break
         return out
+
+    def _claim_merged(self, campaign_id: str, tier: int, queues: dict[str, list[tuple[float, int, str]]],
+                      bonus: Mapping[str, float], n: int, now: float, lease_s: float, out: list[Lead]) -> None:
+        """A k-way merge of the tier's zone heaps on (-score - bonus, seq): each heap is in -score order
+        and its bonus is the same for all of it, so taking the best head each time is exactly the order
+        of one heap over all the tier's leads keyed by effective score (see ``Store.claim_leads``).
+        ``heads`` holds (key, seq, zone) of each heap's top, lazily: an entry whose heap top moved on
+        (a lead re-queued into that heap meanwhile) is dropped when it comes up."""
+        heads = [(ready[0][0] - bonus.get(zone, 0.0), ready[0][1], zone) for zone, ready in queues.items() if ready]
+        heapq.heapify(heads)
+        while heads and len(out) < n:
+            _, seq, zone = heapq.heappop(heads)
+            ready = queues[zone]
+            if not ready or ready[0][1] != seq:
+                continue  # stale: that heap's top changed since this entry was made
+            lead_id = heapq.heappop(ready)[2]
+            moved = self._lease_one(campaign_id, lead_id, tier, zone, now, lease_s, out)
+            if moved is not None and moved[0] == tier:  # re-queued into another heap of this tier: new top?
+                other = queues[moved[1]]
+                heapq.heappush(heads, (other[0][0] - bonus.get(moved[1], 0.0), other[0][1], moved[1]))
+            if ready:
+                heapq.heappush(heads, (ready[0][0] - bonus.get(zone, 0.0), ready[0][1], zone))
+
+    def _lease_one(self, campaign_id: str, lead_id: str, tier: int, zone: str, now: float, lease_s: float,
+                   out: list[Lead]) -> tuple[int, str] | None:
+        """Lease a lead popped from the (tier, zone) heap into ``out``; a stale entry is dropped, and a lead
+        re-tiered or re-zoned since it was queued is queued where it now belongs (returned)."""
+        lead = self._leads[(campaign_id, lead_id)]
+        if lead.status != "pending" or lead.next_eligible > now:
+            return None  # stale heap entry
+        where = (lead.tier, lead_zone(lead))
+        if where != (tier, zone):  # re-tiered (or re-zoned) since it was queued
+            heapq.heappush(self._ready[campaign_id].setdefault(lead.tier, {}).setdefault(where[1], []),
+                           (-lead.score, next(self._seq), lead_id))
+            return where
+        lead.status = "leased"
+        self._lease_until[(campaign_id, lead_id)] = now + lease_s
+        heapq.heappush(self._waiting[campaign_id], (now + lease_s, next(self._seq), lead_id))
+        out.append(_copy_lead(lead))
+        return None
 
     async def release_lead(self, lead: Lead, *, now: float, next_eligible: float | None) -> None:
         stored = self._leads[(lead.campaign_id, lead.lead_id)]
@@ -209,6 +254,7 @@ class MemoryStore:
             return Reservation(False, "lease_lost", "the lead was dialled by another node after this node's lease "
                                "lapsed")
         key = (lead.campaign_id, lead.lead_id)
+        self._before_call[key] = (stored.status, self._lease_until.get(key))
         self._locks[number] = now + caps.lock_s
         self._day_counts[(number, day_key)] += 1
         self._recent[number].append(now)
@@ -236,6 +282,39 @@ class MemoryStore:
             out.append(await self.reserve_attempt(call, now=now, day_key=day_key, caps=caps, node_id=node_id))
         return out
 
+    async def read_and_reserve(self, calls: Sequence[CallAttempt], *, now: float, day_keys: Sequence[str],
+                               caps: Caps, node_id: str) -> tuple[list[DialContext], list[Reservation]]:
+        """Every context, then every reservation, as the Redis store's one round trip runs them."""
+        contexts = await self.dial_contexts([call.lead for call in calls], now=now, day_keys=day_keys)
+        return contexts, await self.reserve_attempts(calls, now=now, day_keys=day_keys, caps=caps, node_id=node_id)
+
+    async def undo_reservations(self, calls: Sequence[CallAttempt], *, now: float,
+                                day_keys: Sequence[str]) -> None:
+        for call, day_key in zip(calls, day_keys, strict=True):
+            lead = call.lead
+            key = (lead.campaign_id, lead.lead_id)
+            stored = self._leads.get(key)
+            before = self._before_call.get(key)
+            lost = self._lost.get(key)
+            if stored is None or before is None or lost is None or lost[0].call_id != call.call_id \
+                    or stored.status != "in_call":
+                continue  # not this call's reservation (finished, lost, or never made)
+            number = self._number(lead.phone)
+            self._locks.pop(number, None)
+            if self._day_counts.get((number, day_key), 0) > 0:
+                self._day_counts[(number, day_key)] -= 1
+            times = self._recent.get(number)
+            if times and times[-1] == lost[1]:
+                times.pop()
+            del self._lost[key], self._before_call[key]
+            stored.attempts -= 1
+            stored.status = before[0]
+            if before[1] is None:
+                self._lease_until.pop(key, None)
+            else:
+                self._lease_until[key] = before[1]
+                heapq.heappush(self._waiting[lead.campaign_id], (before[1], next(self._seq), lead.lead_id))
+
     async def finish_attempt(self, call: CallAttempt, result: CallResult, *, now: float,
                              next_eligible: float | None, abandoned: bool, live: bool,
                              invalid_number: bool = False) -> None:
@@ -246,6 +325,7 @@ class MemoryStore:
         number = self._number(lead.phone)
         self._locks.pop(number, None)
         self._lost.pop((lead.campaign_id, lead.lead_id), None)
+        self._before_call.pop((lead.campaign_id, lead.lead_id), None)
         self._lease_until.pop((lead.campaign_id, lead.lead_id), None)
         row = result.as_row()
         self._results[call.campaign_id].append(row)
@@ -292,6 +372,9 @@ class MemoryStore:
                 counts[lead.status] = counts.get(lead.status, 0) + 1
         return counts
 
+    async def lead_zones(self, campaign_id: str) -> set[str]:
+        return set(self._zones.get(campaign_id, ()))
+
     async def next_eligible_at(self, campaign_id: str) -> float | None:
         times = [
             lead.next_eligible if lead.status == "pending" else self._lease_until.get(key, 0.0)
@@ -305,6 +388,9 @@ class MemoryStore:
 
     async def blocks(self, campaign_id: str) -> list[dict[str, Any]]:
         return list(self._blocks.get(campaign_id, ()))
+
+    async def warm_up(self) -> None:
+        return None
 
     async def close(self) -> None:
         return None

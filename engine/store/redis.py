@@ -10,7 +10,9 @@ Every key starts with the deployment prefix and carries exactly one hash tag:
 
 ``<prefix>:{c:<campaign>}:...``
     per campaign: lead records (``lead:<id>``), the number→lead map (``num``),
-    the ready queues per tier (``rdy:<tier>``, score = -lead score), the waiting
+    the ready queues per tier and time zone (``rdy:<tier>:<zone>``, score = -lead
+    score; the zone is the lead's own, ``""`` for none, also in its record as ``z``),
+    the zones of each tier's queues (``rz:<tier>``), the tiers (``tiers``), the waiting
     queue (``wait``: not yet eligible, or leased until), ``due`` (next time each
     open lead can be handed out), status ``counts``, the results stream
     (``res``), the blocks stream (``blk``), each lead's history (``hist:<id>``),
@@ -109,15 +111,30 @@ raise it above the fullest bucket (4096 holds 10 M numbers: about 2,440 a bucket
 some 2,620 in the fullest); ``load_dnc_file`` logs a warning with a figure (twice
 the fullest bucket, as a power of two) when a bucket outgrows the server's setting.
 
+Claim order by zone
+-------------------
+A claim may bring a bonus per zone (``claim_leads(zone_bonus=...)``: the best time to call, see
+``engine.hooks.dialer_claim_order``): a lead's effective key is its score plus its zone's bonus. The bonus
+is the same for a whole (tier, zone) queue, so each queue stays in effective-key order and the claim
+script merges their heads (ties by lead id, byte order, as one sorted set orders them): exactly the order
+of the tier's ready leads sorted by effective key, and with no bonus exactly the order one queue per tier
+gave. The bonuses travel as script arguments: still one round trip. A tier with one zone is popped as
+before (``ZPOPMIN``); with several, each queue's head is read ahead a chunk at a time (``CLAIM_CHUNK``)
+and what was taken removed with one ``ZREM`` per chunk, so a merge costs a few commands per queue, not
+per lead, plus the merge itself in Lua (linear in the tier's zones per lead handed out).
+
 Layout versions
 ---------------
 Layout 1 (before 447a927) had 65,536 buckets: tag = the index's top 16 bits, member = bits 16..46.
-Layout 2 (this one) has 4,096: tag = the top 12 bits, member = bits 20..50. Bucket tags 0..4,095 name
-keys in both, so the data alone cannot always say which layout wrote it: the layout key does. A store is
-checked before its first layout-dependent read or write (``check_layout``): with no layout key and no
-sign of layout 1 (a tag past 4,095, a number's key under its 16-bit tag) it is marked as layout 2,
-otherwise refused (``StoreLayoutError``) until ``migrate_layout`` (``dialer store migrate``) converts it:
-``migrate_member`` maps each old entry without knowing the number, as both keep contiguous index bits.
+Layout 2 has 4,096: tag = the top 12 bits, member = bits 20..50. Bucket tags 0..4,095 name keys in both,
+so the data alone cannot always say which layout wrote it: the layout key does. Layout 3 (this one) keeps
+layout 2's buckets and splits each ready queue per tier (``rdy:<tier>``) into one per tier and zone (see
+above); read as layout 3, a layout-2 ready lead would never be claimed. A store is checked before its
+first layout-dependent read or write (``check_layout``): with no layout key, no campaign and no sign of
+layout 1 (a tag past 4,095, a number's key under its 16-bit tag) it is marked as layout 3, otherwise
+refused (``StoreLayoutError``) until ``migrate_layout`` (``dialer store migrate``) converts it:
+``migrate_member`` maps each old DNC entry without knowing the number, as both keep contiguous index
+bits; ``_LAYOUT_QUEUES`` gives each lead its zone and moves it to its (tier, zone) queue if it was ready.
 
 Time
 ----
@@ -150,7 +167,7 @@ import string
 import sys
 from array import array
 from collections import defaultdict
-from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -177,6 +194,7 @@ from engine.store.base import (
     Reservation,
     StoreUnavailable,
     abandon_bucket,
+    lead_zone,
     lost_row,
 )
 
@@ -203,16 +221,22 @@ R24_TTL_S = 25 * 3600
 ABANDON_MARK_TTL_S = 8 * 86_400
 BUCKET_TTL_S = 32 * 86_400
 CALL_MARK_TTL_S = 2 * 86_400
+WARM_CONNECTIONS = 8  # opened before a campaign starts: a burst's round trip, the finishes, the claim
+CLAIM_CHUNK = 16  # a claim merging zone queues reads each one's head this many leads at a time
 MAX_WINDOW_DAYS = 40  # abandon_counts reads at most this many days back (buckets expire after 32)
 
 # Key layout versions (``<prefix>:{meta}:layout``). Layout 1: 2^16 number buckets (tag = the index's top
 # 16 bits, DNC/invalid member = its bits 16..46). Layout 2: 2^12 buckets (top 12 bits; member = bits 20..50).
-LAYOUT_VERSION = 2
+# Layout 3: layout 2's buckets, and ready queues per (tier, zone) (``rdy:<tier>:<zone>``, zones of a tier in
+# ``rz:<tier>``, each lead's zone in its record's ``z``) where layout 2 had one per tier (``rdy:<tier>``).
+LAYOUT_VERSION = 3
+BUCKETS_LAYOUT = 2  # the first layout with 2^12 number buckets
 OLD_BUCKET_BITS = 16
 _OLD_MEMBER_SHIFT = 63 - OLD_BUCKET_BITS - MEMBER_BITS
 _SET_SUFFIX = re.compile(r"^(dnc|dnc:.+|inv)$")  # the bucketed integer sets (DNC global / campaign, invalid)
 _NUMBER_KEY = re.compile(r"^(?:lock|r24|abn|day):(\d+)(?::.*)?$")  # one number's own keys: the index is in the name
 _SWITCH_BATCH = 1000
+_OLD_QUEUE = re.compile(r"^\{c:(.*)\}:rdy:(-?\d+)$")  # a layout-2 ready queue (one per tier), after the prefix
 
 
 def bucket_of(ix: int) -> int:
@@ -256,8 +280,8 @@ local function reschedule(t, lead_id, ne)
   local lk = t .. 'lead:' .. lead_id
   local st = redis.call('HGET', lk, 'st')
   if not st then return end
-  local tier = redis.call('HGET', lk, 'tier')
-  redis.call('ZREM', t .. 'rdy:' .. tier, lead_id)
+  local q = redis.call('HMGET', lk, 'tier', 'z')
+  redis.call('ZREM', t .. 'rdy:' .. q[1] .. ':' .. (q[2] or ''), lead_id)
   redis.call('HDEL', lk, 'lu', 'node', 'call', 'lost', 'pst', 'plu', 'pnode')
   if ne == '' then
     redis.call('HSET', lk, 'st', 'done')
@@ -274,25 +298,26 @@ end
 """
 
 # KEYS: campaign keys used (num, counts, tiers, wait, due); ARGV[1] = campaign tag prefix,
-# then 8 values per lead: id, ix, blob, tier, score, -score, attempts, next_eligible, status
+# then 10 values per lead: id, ix, blob, tier, score, -score, attempts, next_eligible, status, zone
 _ADD_LEADS = _RESCHEDULE + """
 local t = ARGV[1]
 local new = 0
-for i = 2, #ARGV, 9 do
-  local id, ix, blob, tier, score, neg, att, ne, st =
-    ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6], ARGV[i+7], ARGV[i+8]
+for i = 2, #ARGV, 10 do
+  local id, ix, blob, tier, score, neg, att, ne, st, z =
+    ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6], ARGV[i+7], ARGV[i+8], ARGV[i+9]
   local existing = redis.call('HGET', t .. 'num', ix)
   redis.call('SADD', t .. 'tiers', tier)
+  redis.call('SADD', t .. 'rz:' .. tier, z)
   if existing then
     local lk = t .. 'lead:' .. existing
-    local old_tier = redis.call('HGET', lk, 'tier')
+    local old = redis.call('HMGET', lk, 'tier', 'z')
     local cur = redis.call('HGET', lk, 'st')
-    redis.call('HSET', lk, 'd', blob, 'tier', tier, 'score', score, 'neg', neg)
+    redis.call('HSET', lk, 'd', blob, 'tier', tier, 'score', score, 'neg', neg, 'z', z)
     if cur == 'pending' then
-      redis.call('ZREM', t .. 'rdy:' .. old_tier, existing)
+      redis.call('ZREM', t .. 'rdy:' .. old[1] .. ':' .. (old[2] or ''), existing)
       local cne = redis.call('HGET', lk, 'ne')
       if tonumber(cne) <= 0 then
-        redis.call('ZADD', t .. 'rdy:' .. tier, neg, existing)
+        redis.call('ZADD', t .. 'rdy:' .. tier .. ':' .. z, neg, existing)
       else
         redis.call('ZADD', t .. 'wait', cne, existing)
       end
@@ -303,13 +328,13 @@ for i = 2, #ARGV, 9 do
       return redis.error_reply('DUPLICATE_LEAD_ID ' .. id)
     end
     redis.call('HSET', lk, 'd', blob, 'ix', ix, 'tier', tier, 'score', score, 'neg', neg,
-               'att', att, 'ne', ne, 'st', st)
+               'att', att, 'ne', ne, 'st', st, 'z', z)
     redis.call('HSET', t .. 'num', ix, id)
     redis.call('HINCRBY', t .. 'counts', st, 1)
     if st == 'pending' then
       redis.call('ZADD', t .. 'due', ne, id)
       if tonumber(ne) <= 0 then
-        redis.call('ZADD', t .. 'rdy:' .. tier, neg, id)
+        redis.call('ZADD', t .. 'rdy:' .. tier .. ':' .. z, neg, id)
       else
         redis.call('ZADD', t .. 'wait', ne, id)
       end
@@ -320,15 +345,18 @@ end
 return new
 """
 
-# KEYS: wait, due, tiers, counts; ARGV: tag prefix, now, n, lease_until, node, tiers ('*' = all, else ',a,b,')
+# KEYS: wait, due, tiers, counts; ARGV: tag prefix, now, n, lease_until, node, tiers ('*' = all, else ',a,b,'),
+# then (zone, bonus) pairs: the claim order's bonus per zone (0 for a zone not given; see ``claim_leads``)
 _CLAIM = _RESCHEDULE + _lua("""
 local t, now, n, lu, node, only = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
+local bonus = {}
+for i = 7, #ARGV, 2 do bonus[ARGV[i]] = tonumber(ARGV[i + 1]) end
 -- promote: leases that lapsed come back, waiting leads that came due become ready
 local due = redis.call('ZRANGEBYSCORE', t .. 'wait', '-inf', ARGV[2])
 for _, id in ipairs(due) do
   redis.call('ZREM', t .. 'wait', id)
   local lk = t .. 'lead:' .. id
-  local f = redis.call('HMGET', lk, 'st', 'lu', 'ne', 'tier', 'neg', 'call', 'lost')
+  local f = redis.call('HMGET', lk, 'st', 'lu', 'ne', 'tier', 'neg', 'call', 'lost', 'z')
   local st = f[1]
   if st == 'leased' and tonumber(f[2] or '0') <= now then
     redis.call('HSET', lk, 'st', 'pending')
@@ -352,46 +380,161 @@ for _, id in ipairs(due) do
     f[3] = ARGV[2]
   end
   if st == 'pending' and tonumber(f[3]) <= now then
-    redis.call('ZADD', t .. 'rdy:' .. f[4], f[5], id)
+    redis.call('ZADD', t .. 'rdy:' .. f[4] .. ':' .. (f[8] or ''), f[5], id)
   end
+end
+local out = {}
+local got = 0
+-- lease the lead just taken from the (tier, zone) queue; a lead re-tiered or re-zoned since it was
+-- queued goes where it belongs instead (returned when that is another zone of this tier)
+local function take(id, tier, zone)
+  local lk = t .. 'lead:' .. id
+  local f = redis.call('HMGET', lk, 'st', 'ne', 'tier', 'neg', 'd', 'score', 'att', 'ix', 'z')
+  if f[1] ~= 'pending' or tonumber(f[2]) > now then return nil end
+  local z = f[9] or ''
+  if f[3] ~= tier or z ~= zone then
+    redis.call('ZADD', t .. 'rdy:' .. f[3] .. ':' .. z, f[4], id)
+    if f[3] == tier then return z end
+    return nil
+  end
+  redis.call('HSET', lk, 'st', 'leased', 'lu', lu, 'node', node)
+  redis.call('ZADD', t .. 'wait', lu, id)
+  redis.call('ZADD', t .. 'due', lu, id)
+  set_status(t, 'pending', 'leased')
+  got = got + 1
+  table.insert(out, id)
+  table.insert(out, f[5])
+  table.insert(out, f[3])
+  table.insert(out, f[6])
+  table.insert(out, f[7])
+  table.insert(out, f[2])
+  table.insert(out, f[8])
+  return nil
+end
+-- byte order, as Redis orders the members of equal score (Lua's own '<' on strings follows the server's
+-- locale). Only ties need it; each id is read once into numbers of 6 bytes (base 257, 0 past the end,
+-- so that a prefix comes first), exact in a double, compared a number at a time.
+local packed = {}
+local function pack(id)
+  local v = packed[id]
+  if v == nil then
+    v = {}
+    local b = {string.byte(id, 1, -1)}
+    for i = 1, #b, 6 do
+      local x = 0
+      for j = i, i + 5 do x = x * 257 + (b[j] and b[j] + 1 or 0) end
+      v[#v + 1] = x
+    end
+    packed[id] = v
+  end
+  return v
+end
+local function before(a, b)
+  local x, y = pack(a), pack(b)
+  for i = 1, math.min(#x, #y) do
+    if x[i] ~= y[i] then return x[i] < y[i] end
+  end
+  return #x < #y
+end
+-- A zone queue in a merge: its key, its bonus, a chunk of its head (ids and effective keys, -score -
+-- bonus) read ahead, and the ids taken from that chunk, removed from the queue in one ZREM before the
+-- next chunk is read (a few commands per chunk rather than two per lead).
+local function refill(q, size)
+  if #q.used > 0 then
+    redis.call('ZREM', q.key, unpack(q.used))
+    q.used = {}
+  end
+  q.ids, q.keys, q.i, q.more, q.k, q.id = {}, {}, 1, false, nil, nil
+  local want = math.min(n - got, size or $chunk)
+  if want <= 0 then return end
+  local top = redis.call('ZRANGE', q.key, 0, want - 1, 'WITHSCORES')
+  for j = 1, #top, 2 do
+    q.ids[#q.ids + 1] = top[j]
+    q.keys[#q.keys + 1] = tonumber(top[j + 1]) - q.bonus
+  end
+  q.more = #q.ids == want  -- a short chunk was the whole queue
+  q.k, q.id = q.keys[1], q.ids[1]
+end
+local function queue(tier, z, size)
+  local q = {key = t .. 'rdy:' .. tier .. ':' .. z, bonus = bonus[z] or 0, used = {}, zone = z}
+  refill(q, size)
+  return q
 end
 local tiers = redis.call('SMEMBERS', t .. 'tiers')
 table.sort(tiers, function(a, b) return tonumber(a) < tonumber(b) end)
-local out = {}
-local got = 0
 for _, tier in ipairs(tiers) do
   if got >= n then break end
   if only == '*' or string.find(only, ',' .. tier .. ',', 1, true) then
-    local rk = t .. 'rdy:' .. tier
-    while got < n do
-      local top = redis.call('ZPOPMIN', rk)
-      if #top == 0 then break end
-      local id = top[1]
-      local lk = t .. 'lead:' .. id
-      local f = redis.call('HMGET', lk, 'st', 'ne', 'tier', 'neg', 'd', 'score', 'att', 'ix')
-      if f[1] == 'pending' and tonumber(f[2]) <= now then
-        if f[3] ~= tier then
-          redis.call('ZADD', t .. 'rdy:' .. f[3], f[4], id)
-        else
-          redis.call('HSET', lk, 'st', 'leased', 'lu', lu, 'node', node)
-          redis.call('ZADD', t .. 'wait', lu, id)
-          redis.call('ZADD', t .. 'due', lu, id)
-          set_status(t, 'pending', 'leased')
-          got = got + 1
-          table.insert(out, id)
-          table.insert(out, f[5])
-          table.insert(out, f[3])
-          table.insert(out, f[6])
-          table.insert(out, f[7])
-          table.insert(out, f[2])
-          table.insert(out, f[8])
+    local zones = redis.call('SMEMBERS', t .. 'rz:' .. tier)
+    local merge = #zones > 1
+    if #zones == 1 then
+      -- one zone: its queue is the order, whatever its bonus
+      local rk = t .. 'rdy:' .. tier .. ':' .. zones[1]
+      while got < n do
+        local top = redis.call('ZPOPMIN', rk)
+        if #top == 0 then break end
+        if take(top[1], tier, zones[1]) then
+          merge = true  -- re-zoned: this tier has two queues now
+          zones = redis.call('SMEMBERS', t .. 'rz:' .. tier)
+          break
         end
+      end
+    end
+    if merge then
+      -- k-way merge of the zone queues on (effective key, id): each queue is in score order and its
+      -- bonus is the same for all of it, so this is the order of the whole tier by effective score
+      local qs, all = {}, {}  -- the queues with a head to offer; every queue of the merge, by zone
+      local function offer(q)
+        if q.k ~= nil and not q.on then
+          q.on = true
+          qs[#qs + 1] = q
+        end
+      end
+      local first = math.max(4, math.ceil((n - got) / #zones))  -- the claim's share of each queue, to start
+      for _, z in ipairs(zones) do
+        all[z] = queue(tier, z, first)
+        offer(all[z])
+      end
+      while got < n do
+        local best, bk, bj = nil, nil, 0
+        for j = 1, #qs do
+          local q = qs[j]
+          local k = q.k
+          if bk == nil or k < bk or (k == bk and before(q.id, best.id)) then
+            best, bk, bj = q, k, j
+          end
+        end
+        if best == nil then break end
+        local id = best.id
+        best.used[#best.used + 1] = id
+        best.i = best.i + 1
+        best.k, best.id = best.keys[best.i], best.ids[best.i]
+        local moved = take(id, tier, best.zone)
+        if best.k == nil and best.more and got < n then refill(best) end
+        if best.k == nil then  -- this queue is spent: out of the scan
+          qs[bj] = qs[#qs]
+          qs[#qs] = nil
+          best.on = false
+        end
+        if moved then  -- queued anew in another zone of this tier: read that queue's head again
+          local q = all[moved]
+          if q == nil then
+            q = queue(tier, moved, $chunk)
+            all[moved] = q
+          else
+            refill(q)
+          end
+          offer(q)
+        end
+      end
+      for _, q in pairs(all) do
+        if #q.used > 0 then redis.call('ZREM', q.key, unpack(q.used)) end
       end
     end
   end
 end
 return out
-""", mark_ttl=CALL_MARK_TTL_S)
+""", mark_ttl=CALL_MARK_TTL_S, chunk=CLAIM_CHUNK)
 
 # KEYS: dnc, campaign dnc, invalid, lock, day counter, 24 h set
 # ARGV: member, now, per_day, per_24h, lifetime_reached, lock value, lock ttl ms, call id, 24 h cutoff
@@ -424,7 +567,7 @@ local out = {}
 for i = 5, #ARGV, 4 do
   local id = ARGV[i]
   local lk = t .. 'lead:' .. id
-  local f = redis.call('HMGET', lk, 'st', 'att', 'tier', 'lu', 'node')
+  local f = redis.call('HMGET', lk, 'st', 'att', 'tier', 'lu', 'node', 'z')
   local st = f[1]
   if not st then
     out[#out + 1] = -1
@@ -438,7 +581,7 @@ for i = 5, #ARGV, 4 do
     -- node died comes back (see the claim script) instead of staying in a call forever
     redis.call('HSET', lk, 'st', 'in_call', 'lu', lu, 'call', ARGV[i + 2], 'node', node, 'lost', ARGV[i + 3],
                'pst', st, 'plu', f[4] or '', 'pnode', f[5] or '')
-    redis.call('ZREM', t .. 'rdy:' .. f[3], id)
+    redis.call('ZREM', t .. 'rdy:' .. f[3] .. ':' .. (f[6] or ''), id)
     redis.call('ZADD', t .. 'wait', lu, id)
     redis.call('ZREM', t .. 'due', id)
     set_status(t, st, 'in_call')
@@ -494,10 +637,13 @@ end
 return out
 """
 
-# KEYS: lock, day counter, 24 h set; ARGV: call id. Undoes a reservation the lead's own count refused.
+# KEYS: lock, day counter, 24 h set; ARGV: call id. Undoes the number half of a reservation (the lead's
+# own count refused it, or the gate did): only while the number is still locked by this very call, so a
+# call already finished (its lock freed, its count kept) is left as it is.
 _UNRESERVE = """
 local lock = redis.call('GET', KEYS[1])
-if lock and string.match(lock, '^%S+ (.*)') == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if not (lock and string.match(lock, '^%S+ (.*)') == ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1])
 if tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then redis.call('DECR', KEYS[2]) end
 redis.call('ZREM', KEYS[3], ARGV[1])
 return 1
@@ -623,6 +769,41 @@ return 1
 """
 
 
+# KEYS: the campaign's tiers set; ARGV: tag prefix, then lead ids. Layout 2 -> 3 for these leads, once each
+# (a re-run finds nothing left to do): the record gets its zone (``z``, from the time zone in its data; ""
+# for none), the zone joins its tier's zone set, and a lead in a layout-2 ready queue (``rdy:<tier>``, any
+# tier: the old claim moved a lead queued under a stale tier too) is queued in its (tier, zone) queue.
+_LAYOUT_QUEUES = """
+local t = ARGV[1]
+local tiers = redis.call('SMEMBERS', KEYS[1])
+local moved = 0
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local lk = t .. 'lead:' .. id
+  local f = redis.call('HMGET', lk, 'tier', 'neg', 'z', 'd')
+  if f[1] then
+    local z = f[3]
+    if not z then
+      local ok, d = pcall(cjson.decode, f[4] or '')
+      z = ''
+      if ok and type(d) == 'table' and type(d.tz) == 'string' then z = d.tz end
+      redis.call('HSET', lk, 'z', z)
+    end
+    redis.call('SADD', t .. 'rz:' .. f[1], z)
+    local queued = false
+    for _, tier in ipairs(tiers) do
+      if redis.call('ZREM', t .. 'rdy:' .. tier, id) == 1 then queued = true end
+    end
+    if queued then
+      redis.call('ZADD', t .. 'rdy:' .. f[1] .. ':' .. z, f[2], id)
+      moved = moved + 1
+    end
+  end
+end
+return moved
+"""
+
+
 class StoreLayoutError(Exception):
     """The store's data was written under an older key layout (or a migration is unfinished): reading
     it under the current one would miss DNC entries, so nothing is dialled until ``dialer store migrate``
@@ -634,14 +815,19 @@ class LayoutReport:
     """What ``RedisStore.migrate_layout`` found and did (or, dry, would do)."""
 
     layout_before: str  # the layout key's value ("none" when absent)
-    state: str  # "current", "migrated", "stamped" (no layout-1 data: given the key), "would-stamp", "dry-run"
+    state: str  # "current", "migrated", "stamped" (no old data: given the key), "would-stamp", "dry-run"
     old_sets: int = 0  # layout-1 DNC/invalid sets found
     entries: int = 0  # entries in them
     new_sets: int = 0  # layout-2 sets written (staged, then switched)
     number_keys: int = 0  # per-number keys (locks, caps, last abandon) moved to their layout-2 bucket
     removed: int = 0  # layout-1 keys and migration marks deleted at the end
     examples: list[str] = field(default_factory=list)  # a few of the old keys found
-    resumed: bool = False  # an interrupted migration carried on at its switch phase (the copy was done)
+    resumed: bool = False  # an interrupted migration carried on at a later phase (``resumed_at``)
+    resumed_at: str = ""  # "switch" (the DNC sets were copied) or "queue" (the DNC sets were done)
+    buckets: bool = False  # the layout-1 DNC buckets were (or would be) converted
+    campaigns: int = 0  # campaigns whose ready queues were (would be) split per zone (layout 2 -> 3)
+    leads: int = 0  # lead records given their zone
+    queued: int = 0  # ready leads moved from a per-tier queue to their (tier, zone) queue
 
     def summary(self) -> str:
         """One paragraph for the operator."""
@@ -650,18 +836,26 @@ class LayoutReport:
                 f" (removed {self.removed} leftover layout-1 keys)" if self.removed else "")
         if self.state in ("stamped", "would-stamp"):
             done = "marked" if self.state == "stamped" else "would be marked (dry run: nothing written)"
-            return f"no layout-1 data found; nothing to migrate; the store {done} as key layout {LAYOUT_VERSION}"
-        if self.resumed and self.state == "dry-run":
-            return "would resume an interrupted migration at its switch phase. Nothing was written."
+            return f"no older layout's data found; nothing to migrate; the store {done} as key layout {LAYOUT_VERSION}"
+        dry = self.state == "dry-run"
+        verb = "would convert" if dry else "converted"
+        parts = []
         if self.resumed:
-            return (f"resumed an interrupted migration at its switch phase: layout {LAYOUT_VERSION} now; "
-                    f"removed {self.removed} layout-1 keys")
-        verb = "would convert" if self.state == "dry-run" else "converted"
-        text = (f"layout {self.layout_before} -> {LAYOUT_VERSION}: {verb} {self.old_sets} DNC/invalid sets "
-                f"({self.entries} entries) into {self.new_sets} sets, and move {self.number_keys} per-number keys")
-        if self.state == "dry-run":
-            return text + f"; e.g. {', '.join(self.examples[:3]) or '-'}. Nothing was written."
-        return text + f"; removed {self.removed} layout-1 keys"
+            parts.append(f"{'would resume' if dry else 'resumed'} an interrupted migration at its {self.resumed_at} "
+                         "phase")
+        elif self.buckets:
+            parts.append(f"layout {self.layout_before} -> {BUCKETS_LAYOUT}: {verb} {self.old_sets} DNC/invalid sets "
+                         f"({self.entries} entries) into {self.new_sets} sets, and move {self.number_keys} "
+                         "per-number keys")
+        if not (self.resumed and dry):
+            split = "would split" if dry else "split"
+            parts.append(f"layout {BUCKETS_LAYOUT} -> {LAYOUT_VERSION}: {split} the ready queues of {self.campaigns} "
+                         f"campaigns per time zone ({self.leads} leads, {self.queued} of them ready)")
+        text = "; ".join(parts)
+        if dry:
+            examples = f"; e.g. {', '.join(self.examples[:3])}" if self.examples else ""
+            return text + examples + ". Nothing was written."
+        return text + f"; layout {LAYOUT_VERSION} now; removed {self.removed} layout-1 keys"
 
 
 class _HiredisPacking:
@@ -722,6 +916,7 @@ class RedisStore:
         self._where = f"{parsed.hostname or parsed.path}:{parsed.port or ''}"  # never the password
         self._scripts = {name: self._redis.register_script(src) for name, src in SCRIPTS.items()}
         self._scripts["layout_switch"] = self._redis.register_script(_LAYOUT_SWITCH)  # `dialer store migrate` only
+        self._scripts["layout_queues"] = self._redis.register_script(_LAYOUT_QUEUES)  # likewise
         self.script_calls: list[tuple[str, list[str], str | None]] | None = None  # set to a list to record
         self._layout_ok = False  # the key layout checked (``check_layout``): once per store object
 
@@ -843,7 +1038,7 @@ class RedisStore:
                     ix = self._index(lead.phone)
                     args += [lead.lead_id, str(ix), self._blob(lead, ix), str(int(lead.tier)),
                              _num(lead.score), _num(-lead.score), str(int(lead.attempts)),
-                             _num(lead.next_eligible), lead.status]
+                             _num(lead.next_eligible), lead.status, lead_zone(lead)]
                 try:
                     async with self._guard():
                         new += int(await self._run("add_leads", keys, args, t))
@@ -855,15 +1050,22 @@ class RedisStore:
         return new
 
     async def claim_leads(self, campaign_id: str, n: int, *, now: float, node_id: str,
-                          lease_s: float, tiers: Collection[int] | None = None) -> list[Lead]:
+                          lease_s: float, tiers: Collection[int] | None = None,
+                          zone_bonus: Mapping[str, float] | None = None) -> list[Lead]:
+        """One script, one round trip: the bonuses go along as arguments (only the non-zero ones) and
+        the script merges the heads of the tier's zone queues (see ``Store.claim_leads``)."""
         if n <= 0:
             return []
         await self._ensure_layout()
         t = self.campaign_tag(campaign_id)
         only = "*" if tiers is None else "," + ",".join(str(int(x)) for x in tiers) + ","
+        args: list[Any] = [t, _num(now), n, _num(now + lease_s), node_id, only]
+        if zone_bonus:
+            for zone, bonus in zone_bonus.items():
+                if bonus:
+                    args += [zone, _num(bonus)]
         async with self._guard():
-            flat = await self._run("claim", [t + "wait", t + "due", t + "tiers", t + "counts"],
-                                   [t, _num(now), n, _num(now + lease_s), node_id, only], t)
+            flat = await self._run("claim", [t + "wait", t + "due", t + "tiers", t + "counts"], args, t)
         return [self._lead(campaign_id, *flat[i:i + 7], "leased") for i in range(0, len(flat), 7)]
 
     async def release_lead(self, lead: Lead, *, now: float, next_eligible: float | None) -> None:
@@ -886,6 +1088,14 @@ class RedisStore:
         if not leads:
             return []
         await self._ensure_layout()
+        runs, by_campaign = self._context_runs(leads, now, day_keys)
+        async with self._guard():
+            replies = await self._run_many(runs, tagged=("history",))
+        return self._contexts(leads, now, day_keys, replies, by_campaign)
+
+    def _context_runs(self, leads: Sequence[Lead], now: float, day_keys: Sequence[str],
+                      ) -> tuple[list[tuple[str, tuple[list[str], list[Any]]]], dict[str, list[int]]]:
+        """The scripts of ``dial_contexts``: one per lead, then one per campaign (its leads' positions)."""
         cutoff = f"({_num(now - _DAY)}"
         numbers = []
         for lead, day_key in zip(leads, day_keys, strict=True):
@@ -900,9 +1110,11 @@ class RedisStore:
         for cid, positions in by_campaign.items():
             t = self.campaign_tag(cid)
             histories.append(([t + "counts"], [t, *(leads[i].lead_id for i in positions)]))
-        async with self._guard():
-            replies = await self._run_many([("context", call) for call in numbers]
-                                           + [("history", call) for call in histories], tagged=("history",))
+        return [("context", call) for call in numbers] + [("history", call) for call in histories], by_campaign
+
+    @staticmethod
+    def _contexts(leads: Sequence[Lead], now: float, day_keys: Sequence[str], replies: Sequence[Any],
+                  by_campaign: dict[str, list[int]]) -> list[DialContext]:
         hist: list[Any] = [None] * len(leads)
         for positions, lists in zip(by_campaign.values(), replies[len(leads):], strict=True):
             for i, rows in zip(positions, lists, strict=True):
@@ -942,6 +1154,54 @@ class RedisStore:
         if not calls:
             return []
         await self._ensure_layout()
+        runs, by_campaign = self._reservation_runs(calls, now, day_keys, caps, node_id)
+        async with self._guard():
+            replies = await self._run_many(runs, tagged=("reserved", "unreserved"))
+            return await self._settle(calls, now, day_keys, caps, replies, by_campaign)
+
+    async def read_and_reserve(self, calls: Sequence[CallAttempt], *, now: float, day_keys: Sequence[str],
+                               caps: Caps, node_id: str) -> tuple[list[DialContext], list[Reservation]]:
+        """The scripts of ``dial_contexts`` and of ``reserve_attempts`` in one pipeline, contexts first:
+        a connection's commands run in order, so every context is read before any of the burst's
+        reservations (another client's command may still come between, as it may between two round
+        trips). On a Redis Cluster the scripts go to several nodes at once, in no order: there the
+        contexts are read first, then the reservations made, two round trips."""
+        if not calls:
+            return [], []
+        leads = [call.lead for call in calls]
+        if self.cluster:
+            contexts = await self.dial_contexts(leads, now=now, day_keys=day_keys)
+            return contexts, await self.reserve_attempts(calls, now=now, day_keys=day_keys, caps=caps, node_id=node_id)
+        await self._ensure_layout()
+        reads, read_campaigns = self._context_runs(leads, now, day_keys)
+        runs, by_campaign = self._reservation_runs(calls, now, day_keys, caps, node_id)
+        async with self._guard():
+            replies = await self._run_many(reads + runs, tagged=("history", "reserved", "unreserved"))
+            contexts = self._contexts(leads, now, day_keys, replies[:len(reads)], read_campaigns)
+            return contexts, await self._settle(calls, now, day_keys, caps, replies[len(reads):], by_campaign)
+
+    async def undo_reservations(self, calls: Sequence[CallAttempt], *, now: float,
+                                day_keys: Sequence[str]) -> None:
+        """Both halves given back in one round trip: ``_UNRESERVE`` (the lock only if it is still this
+        call's) and ``_UNRESERVED`` (the lead only while it is still in this very call)."""
+        if not calls:
+            return
+        await self._ensure_layout()
+        runs: list[tuple[str, tuple[list[str], list[Any]]]] = [
+            ("unreserve", self._unreserve_script(call, day_key)) for call, day_key in zip(calls, day_keys, strict=True)]
+        by_campaign: dict[str, list[CallAttempt]] = defaultdict(list)
+        for call in calls:
+            by_campaign[call.campaign_id].append(call)
+        for cid, mine in by_campaign.items():
+            t = self.campaign_tag(cid)
+            runs.append(("unreserved", ([t + "wait", t + "due", t + "counts"],
+                                        [t, _num(now), *(x for c in mine for x in (c.lead.lead_id, c.call_id))])))
+        async with self._guard():
+            await self._run_many(runs, tagged=("reserved", "unreserved"))
+
+    def _reservation_runs(self, calls: Sequence[CallAttempt], now: float, day_keys: Sequence[str], caps: Caps,
+                          node_id: str) -> tuple[list[tuple[str, tuple[list[str], list[Any]]]], dict[str, list[int]]]:
+        """The scripts of ``reserve_attempts``: each call's number half, then each campaign's lead half."""
         runs: list[tuple[str, tuple[list[str], list[Any]]]] = [
             ("reserve", self._number_script(call, now, day_key, caps))
             for call, day_key in zip(calls, day_keys, strict=True)]
@@ -957,24 +1217,28 @@ class RedisStore:
                 args += [call.lead.lead_id, call.lead.attempts, call.call_id,
                          json.dumps(lost_row(call, now), separators=(",", ":"))]
             runs.append(("reserved", ([t + "wait", t + "due", t + "counts"], args)))
-        async with self._guard():
-            replies = await self._run_many(runs, tagged=("reserved", "unreserved"))
-            verdicts = replies[:len(calls)]
-            counts: list[int] = [0] * len(calls)
-            for positions, got in zip(by_campaign.values(), replies[len(calls):], strict=True):
-                for i, c in zip(positions, got, strict=True):
-                    counts[i] = int(c)
-            undo: list[tuple[str, tuple[list[str], list[Any]]]] = [
-                ("unreserve", self._unreserve_script(calls[i], day_keys[i]))
-                for i in range(len(calls)) if verdicts[i] == "ok" and counts[i] < 0]
-            for cid, positions in by_campaign.items():
-                back = [i for i in positions if verdicts[i] != "ok" and counts[i] >= 0]
-                if back:
-                    t = self.campaign_tag(cid)
-                    undo.append(("unreserved", ([t + "wait", t + "due", t + "counts"], [
-                        t, _num(now), *(x for i in back for x in (calls[i].lead.lead_id, calls[i].call_id))])))
-            if undo:
-                await self._run_many(undo, tagged=("reserved", "unreserved"))
+        return runs, by_campaign
+
+    async def _settle(self, calls: Sequence[CallAttempt], now: float, day_keys: Sequence[str], caps: Caps,
+                      replies: Sequence[Any], by_campaign: dict[str, list[int]]) -> list[Reservation]:
+        """Each call's verdict from both halves' replies; a half that passed where the other refused is
+        undone (a second round trip, only then). Runs inside the caller's ``_guard``."""
+        verdicts = replies[:len(calls)]
+        counts: list[int] = [0] * len(calls)
+        for positions, got in zip(by_campaign.values(), replies[len(calls):], strict=True):
+            for i, c in zip(positions, got, strict=True):
+                counts[i] = int(c)
+        undo: list[tuple[str, tuple[list[str], list[Any]]]] = [
+            ("unreserve", self._unreserve_script(calls[i], day_keys[i]))
+            for i in range(len(calls)) if verdicts[i] == "ok" and counts[i] < 0]
+        for cid, positions in by_campaign.items():
+            back = [i for i in positions if verdicts[i] != "ok" and counts[i] >= 0]
+            if back:
+                t = self.campaign_tag(cid)
+                undo.append(("unreserved", ([t + "wait", t + "due", t + "counts"], [
+                    t, _num(now), *(x for i in back for x in (calls[i].lead.lead_id, calls[i].call_id))])))
+        if undo:
+            await self._run_many(undo, tagged=("reserved", "unreserved"))
         out = []
         for verdict, c, day_key in zip(verdicts, counts, day_keys, strict=True):
             if verdict != "ok":
@@ -1180,6 +1444,15 @@ class RedisStore:
         counts.update({k: int(v) for k, v in raw.items()})
         return counts
 
+    async def lead_zones(self, campaign_id: str) -> set[str]:
+        """The union of the campaign's per-tier zone sets (``rz:<tier>``): two commands, once a minute."""
+        t = self.campaign_tag(campaign_id)
+        async with self._guard():
+            tiers = await self._redis.smembers(t + "tiers")
+            if not tiers:
+                return set()
+            return set(await self._redis.sunion([t + f"rz:{tier}" for tier in tiers]))
+
     async def next_eligible_at(self, campaign_id: str) -> float | None:
         async with self._guard():
             first = await self._redis.zrange(self.campaign_tag(campaign_id) + "due", 0, 0, withscores=True)
@@ -1304,8 +1577,9 @@ class RedisStore:
     async def check_layout(self) -> None:
         """Refuse a store whose data is not in this version's key layout (raises ``StoreLayoutError``,
         naming what was found and the command that fixes it); mark a store with no layout key and no
-        layout-1 data as current. Layout 1 kept the DNC list in 65,536 buckets: read as layout 2, its
-        entries would not be found and numbers on the list would be dialled."""
+        older layout's data as current. Layout 1 kept the DNC list in 65,536 buckets: read as layout 2,
+        its entries would not be found and numbers on the list would be dialled. Layout 2 kept one ready
+        queue per tier: read as layout 3, its ready leads would never be claimed."""
         async with self._guard():
             version, phase = await self._redis.get(self.layout_key), await self._redis.get(self.migration_key)
         fix = ("stop every node, then run `dialer store migrate CAMPAIGN.toml` (`--dry-run` first to see "
@@ -1328,21 +1602,60 @@ class RedisStore:
         if old:
             raise StoreLayoutError(f"{where}: no {self.layout_key} key, and keys of the old layout 1 (65,536 DNC "
                                    f"buckets) were found, e.g. {', '.join(old)}; {fix}")
+        queues = [key for key, _, _ in await self._old_queues(limit=3)] or await self._campaign_tags(limit=3)
+        if queues:  # leads written before the layout key existed: one ready queue per tier, no zones
+            raise StoreLayoutError(f"{where}: no {self.layout_key} key, and campaign data of an older layout (one "
+                                   f"ready queue per tier) were found, e.g. {', '.join(queues)}; {fix}")
         async with self._guard():
             await self._redis.set(self.layout_key, str(LAYOUT_VERSION), nx=True)
         self._layout_ok = False
         await self.check_layout()  # another node may have written something else meanwhile
 
-    async def migrate_layout(self, *, dry_run: bool = False) -> LayoutReport:
-        """Convert layout-1 data (DNC and invalid-number sets, per-number keys) to the current layout.
+    async def _old_queues(self, limit: int = 0) -> list[tuple[str, str, str]]:
+        """Layout 2's ready queues (one per tier: ``rdy:<tier>``) as (key, campaign tag, tier); the
+        first ``limit`` when given (a quick check)."""
+        head = f"{self.prefix}:"
+        out: list[tuple[str, str, str]] = []
+        async with self._guard(deadline=max(self._op_timeout, 600.0)):
+            async for key in self._redis.scan_iter(match=head + "{c:*}:rdy:*", count=1000):
+                m = _OLD_QUEUE.match(key[len(head):])
+                if m is None:
+                    continue
+                out.append((key, f"{head}{{c:{m.group(1)}}}:", m.group(2)))
+                if limit and len(out) >= limit:
+                    break
+        return out
 
-        Crash-safe and re-runnable, in three phases: (1) copy: the new sets are staged next to their
-        final keys (``mig:<set>``, same slot) and per-number keys copied with their TTLs, old keys left
-        untouched; (2) switch: each final set replaced by its staged copy, once per set (a done mark),
-        then the layout key says 2; (3) clean up the old keys. ``<prefix>:{meta}:migration`` holds the
-        phase: nodes refuse to dial while it exists, and a re-run resumes where a crash left off (the
-        copy phase from the start, as old keys are unchanged then; the switch phase by its marks). No
-        node may write meanwhile (stop them all): an entry added to an old set after the copy is lost."""
+    async def _campaign_tags(self, limit: int = 0) -> list[str]:
+        """Every campaign of the deployment, as its key tag prefix: campaigns with leads have a ``num``
+        map; a queue with no map (hand-written, or left over) names its campaign too. Only the first
+        ``limit`` campaigns with a map when given (a quick check)."""
+        head = f"{self.prefix}:"
+        tags: set[str] = set()
+        async with self._guard(deadline=max(self._op_timeout, 600.0)):
+            async for key in self._redis.scan_iter(match=head + "{c:*}:num", count=1000):
+                tags.add(key[:-len("num")])
+                if limit and len(tags) >= limit:
+                    return sorted(tags)
+        if not limit:
+            tags.update(tag for _, tag, _ in await self._old_queues())
+        return sorted(tags)
+
+    async def migrate_layout(self, *, dry_run: bool = False) -> LayoutReport:
+        """Convert older layouts' data to the current layout: layout 1's DNC and invalid-number sets and
+        per-number keys to layout 2's buckets, then layout 2's ready queues (one per tier) to layout 3's
+        (one per tier and zone).
+
+        Crash-safe and re-runnable, in phases. The buckets (layout 1 only): (1) copy: the new sets are
+        staged next to their final keys (``mig:<set>``, same slot) and per-number keys copied with their
+        TTLs, old keys left untouched; (2) switch: each final set replaced by its staged copy, once per set
+        (a done mark). The queues (layouts 1 and 2): (3) every lead record of every campaign given its zone
+        and, if it was ready, queued in its (tier, zone) queue, a batch of leads per script, each lead once
+        (a re-run finds it done); then the old per-tier queues are deleted and the layout key says 3.
+        Last, (4) the layout-1 keys are cleaned up. ``<prefix>:{meta}:migration`` holds the phase: nodes
+        refuse to dial while it exists, and a re-run resumes where a crash left off (the copy phase from the
+        start, as old keys are unchanged then; the switch phase by its marks; the queue phase lead by lead).
+        No node may write meanwhile (stop them all): an entry added to an old set after the copy is lost."""
         async with self._guard():
             version, phase = await self._redis.get(self.layout_key), await self._redis.get(self.migration_key)
         report = LayoutReport(layout_before=version or "none", state="migrated")
@@ -1354,27 +1667,34 @@ class RedisStore:
         if version is not None and (not version.isdigit() or int(version) > LAYOUT_VERSION):
             raise StoreLayoutError(f"{self.layout_key} = {version!r}: a layout newer than this dialer-engine "
                                    f"knows ({LAYOUT_VERSION}); use the dialer-engine that wrote it")
-        if phase is None and version is None and not await self._layout_findings(limit=1):
+        layout1 = phase is None and version in (None, "1") and bool(await self._layout_findings(limit=1))
+        if phase is None and version is None and not layout1 and not await self._campaign_tags():
             report.state = "would-stamp" if dry_run else "stamped"
             if not dry_run:
                 async with self._guard():
                     await self._redis.set(self.layout_key, str(LAYOUT_VERSION), nx=True)
             return report
+        report.buckets = layout1 or version == "1" or phase in ("copying", "switching")
+        report.resumed = phase in ("switching", "queues")
+        report.resumed_at = {"switching": "switch", "queues": "queue"}.get(phase or "", "")
         if dry_run:
             report.state = "dry-run"
-            if phase == "switching":  # the old sets are partly switched: counting them would mislead
-                report.resumed = True
-            else:
+            if report.buckets and not report.resumed:
                 await self._layout_copy(report, write=False)
+            if not report.resumed:  # a migration cut half-way: counting what is left would mislead
+                await self._layout_queues(report, write=False)
             return report
-        report.resumed = phase == "switching"
-        if not report.resumed:
-            async with self._guard():
-                await self._redis.set(self.migration_key, "copying")
-            await self._layout_copy(report, write=True)
-            async with self._guard():
-                await self._redis.set(self.migration_key, "switching")
-        await self._layout_switch()
+        if report.buckets:
+            if phase != "switching":
+                async with self._guard():
+                    await self._redis.set(self.migration_key, "copying")
+                await self._layout_copy(report, write=True)
+                async with self._guard():
+                    await self._redis.set(self.migration_key, "switching")
+            await self._layout_switch()
+        async with self._guard():
+            await self._redis.set(self.migration_key, "queues")
+        await self._layout_queues(report, write=True)
         async with self._guard():
             await self._redis.set(self.layout_key, str(LAYOUT_VERSION))
             await self._redis.delete(self.migration_key)
@@ -1382,6 +1702,35 @@ class RedisStore:
         report.removed = await self._layout_cleanup()
         log.info("key layout migrated", **{k: v for k, v in vars(report).items() if k != "examples"})
         return report
+
+    async def _layout_queues(self, report: LayoutReport, *, write: bool) -> None:
+        """Phase 3: every campaign's leads given their zone and its ready leads queued per (tier, zone),
+        a thousand leads per script (``_LAYOUT_QUEUES``); then the per-tier queues, which hold nothing a
+        claim could lease any more (ids with no lead record, if anything), deleted."""
+        old = await self._old_queues()
+        for t in await self._campaign_tags():
+            report.campaigns += 1
+            if not write:
+                async with self._guard():
+                    report.leads += int(await self._redis.hlen(t + "num"))
+                    for key, tag, _ in old:
+                        if tag == t:
+                            report.queued += int(await self._redis.zcard(key))
+                continue
+            cursor = 0
+            while True:
+                async with self._guard():
+                    cursor, entries = await self._redis.hscan(t + "num", cursor, count=_SWITCH_BATCH)
+                    if entries:
+                        report.queued += int(await self._run("layout_queues", [t + "tiers"],
+                                                             [t, *entries.values()], t))
+                report.leads += len(entries)
+                if cursor == 0:
+                    break
+            async with self._guard():
+                for key, tag, _ in old:
+                    if tag == t:
+                        await self._redis.unlink(key)
 
     async def _layout_copy(self, report: LayoutReport, *, write: bool) -> None:
         """Phase 1: every layout-1 set staged in layout 2 (SADD: repeating it is harmless), every
@@ -1462,6 +1811,17 @@ class RedisStore:
                     pipe.unlink(key)
                 await pipe.execute()
         return len(doomed)
+
+    async def warm_up(self, connections: int = WARM_CONNECTIONS) -> None:
+        """The layout checked, every script loaded, and ``connections`` connections open, each with
+        its handshake done (measured: without it the decisions of a flood's first five seconds were
+        its slowest, 6-15 ms a round trip against 1 ms after; see BENCHMARKS.md, Floods)."""
+        await self._ensure_layout()
+        async with self._guard():
+            for script in self._scripts.values():
+                await self._redis.script_load(script.script)
+            if not self.cluster:  # a cluster client opens its per-node connections on first use
+                await asyncio.gather(*(self._redis.ping() for _ in range(connections)))
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):

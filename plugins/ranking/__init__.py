@@ -7,12 +7,16 @@ score orders leads within a tier: tag scores plus a recency bonus that halves
 every ``recency_days`` since the lead's ``last_activity``. Products are matched
 to the lead's tags, and the best match is shown to the agent as an alert. With
 ``best_time = true`` unanswered leads are retried at the local hour the
-campaign's calls answer best (:mod:`plugins.ranking.besttime`).
+campaign's calls answer best (:mod:`plugins.ranking.besttime`), and within a
+tier the leads whose zone is at a good hour right now are claimed first
+(``dialer_claim_order``, scaled by ``best_time_weight``; 0 turns that off).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -28,6 +32,10 @@ _UNREACHED = frozenset({Outcome.NO_ANSWER, Outcome.BUSY, Outcome.MACHINE})
 _EVIDENCE_VALUES = frozenset(o.value for o in _ANSWER_EVIDENCE)
 _LIVE_VALUES = frozenset(o.value for o in _ANSWER_EVIDENCE if o.live)
 _rates: dict[str, HourlyRates] = {}  # campaign id -> what this process has learnt this run
+# The claim-order bonus of a zone whose local time is outside the calling window: after every lead of an
+# open zone, whatever the scores (the gate would refuse those leads now anyway), in score order among
+# themselves. Not -inf: Lua in Redis must read it back as a number.
+CLOSED_BONUS = -1e9
 
 
 def _last_activity(lead: Lead) -> datetime | None:
@@ -141,3 +149,53 @@ def dialer_next_attempt(call: Any, outcome: Outcome, proposed: float, campaign: 
         return None
     return rates.best_start(proposed, _zone(call.lead, campaign), min_dials=r.best_time_min_dials,
                             gain=r.best_time_gain)
+
+
+@functools.lru_cache(maxsize=1024)
+def _zone_named(name: str, fallback: str) -> ZoneInfo:
+    """A zone by name; the campaign's (``fallback``) for ``""`` or a name that is no zone (a typo in the
+    import: the compliance gate reads such a lead by its number's zones, the ranking by the campaign's)."""
+    try:
+        return ZoneInfo(name or fallback)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo(fallback)
+
+
+def _open(hours: Any, local: datetime) -> bool:
+    """Whether the campaign's calling window (``[hours]``) is open at this local time."""
+    window = hours.window(local.date())
+    return window is not None and window[0] <= local.time() < window[1]
+
+
+def zone_bonus(rates: HourlyRates, hour: int, *, weight: float, min_dials: int) -> float:
+    """Score points for a zone at this local hour: ``weight`` per percentage point of live-answer rate
+    the hour has above the campaign's overall rate (below: negative); 0 while the hour has fewer than
+    ``min_dials`` calls, as the learner only speaks where it has seen enough."""
+    if rates.dials[hour] < min_dials:
+        return 0.0
+    return weight * 100.0 * (rates.rate(hour) - rates.overall)
+
+
+@hookimpl
+def dialer_claim_order(campaign: Any, now: float, zones: Collection[str]) -> dict[str, float] | None:
+    """Best time to call within a tier: each zone's bonus from the live-answer rate learnt for its current
+    local hour (``zone_bonus``), so that, scores aside, the leads where it is now a good hour to call are
+    claimed first. A zone whose local time is outside the calling window (``[hours]``, when the
+    compliance gate checks them) comes last (``CLOSED_BONUS``): its leads could only be refused now.
+    Zones are read as the ranking reads them (``""`` and unknown names: the campaign's). Off (None)
+    unless ``best_time`` is on with a ``best_time_weight`` above 0."""
+    r = campaign.ranking
+    rates = _rates.get(campaign.id) if r.best_time and r.best_time_weight > 0 else None
+    if rates is None or not zones:
+        return None
+    fallback = campaign.campaign.timezone
+    out: dict[str, float] = {}
+    for name in zones:
+        local = datetime.fromtimestamp(now, _zone_named(name, fallback))
+        if campaign.compliance.hours and not _open(campaign.hours, local):
+            out[name] = CLOSED_BONUS
+            continue
+        bonus = zone_bonus(rates, local.hour, weight=r.best_time_weight, min_dials=r.best_time_min_dials)
+        if bonus:
+            out[name] = bonus
+    return out or None
