@@ -154,6 +154,17 @@ def dump_redis(url: str) -> str:
 # -- a whole call ---------------------------------------------------------------------------------
 
 
+
+def preview_dialer(cfg: Any, store: MemoryStore, script: Script, tmp_path: Path) -> Dialer:
+    """A preview campaign's Dialer with the agent API as its desk (agent A1 on the test roster)."""
+    desk = ApiDesk(cfg, Roster.parse(ROSTER, "test roster"))
+    dialer = Dialer(cfg, store=store, pbx=SimBackend(script), desk=desk, agents=[Agent("A1")],
+                    plugins=make_plugin_manager(entry_points_too=False), clock=LoopClock(START),
+                    pacer=make_pacer("preview"), audit=AuditLog(tmp_path / "audit.jsonl", clock=lambda: 0.0))
+    desk.attach(dialer)
+    return dialer
+
+
 async def test_a_person_works_a_preview_call_from_offer_to_follow_up(tmp_path, redis_url):
     store = RedisStore(redis_url, prefix="api", index=INDEX)
     try:
@@ -498,11 +509,7 @@ async def test_a_port_in_use_stops_the_campaign_with_a_clear_error(tmp_path):
         cfg = campaign(campaign={"id": "t", "mode": "preview"}, agents={"desk": "api", "port": port})
         store = MemoryStore(index=INDEX)
         await store.add_leads([the_lead()])
-        desk = ApiDesk(cfg, Roster.parse(ROSTER, "test roster"))
-        dialer = Dialer(cfg, store=store, pbx=SimBackend(Script({"L1": human()})), desk=desk, agents=[Agent("A1")],
-                        plugins=make_plugin_manager(entry_points_too=False), clock=LoopClock(START),
-                        pacer=make_pacer("preview"), audit=AuditLog(tmp_path / "audit.jsonl", clock=lambda: 0.0))
-        desk.attach(dialer)
+        dialer = preview_dialer(cfg, store, Script({"L1": human()}), tmp_path)
         with pytest.raises(ExceptionGroup) as err:
             await dialer.run()
     [problem] = err.value.exceptions
@@ -592,7 +599,7 @@ mode = "progressive"
 [agents]
 desk = "api"
 port = {port}
-tokens_env = "TEST_AGENT_TOKENS"
+{tokens}
 audit_log = "{audit}"
 
 [simulation]
@@ -604,7 +611,7 @@ def test_dialer_run_serves_the_agent_api_and_stops_on_sigterm(tmp_path):
     port = _free_port()
     cfg = tmp_path / "floor.toml"
     audit = tmp_path / "audit.jsonl"
-    cfg.write_text(API_CAMPAIGN.format(port=port, audit=audit))
+    cfg.write_text(API_CAMPAIGN.format(port=port, audit=audit, tokens='tokens_env = "TEST_AGENT_TOKENS"'))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TEST_AGENT_TOKENS": ROSTER}
     cmd = [sys.executable, "-m", "engine.cli", "run", str(cfg), "--results", str(tmp_path / "res"), "--json",
            "--quiet"]

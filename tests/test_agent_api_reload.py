@@ -24,7 +24,18 @@ import pytest
 import structlog
 from helpers import human
 from redis_server import _free_port
-from test_agent_api import EVENT_WAIT_S, ROSTER, TOKENS, Floor, auth, connected_call, floor, next_event, the_lead
+from test_agent_api import (
+    API_CAMPAIGN,
+    EVENT_WAIT_S,
+    ROSTER,
+    TOKENS,
+    Floor,
+    auth,
+    connected_call,
+    floor,
+    next_event,
+    the_lead,
+)
 
 import engine.agent_api.server as server_module
 from engine.agents import AgentPool
@@ -236,28 +247,12 @@ async def test_the_watcher_is_owned_by_the_server_and_gone_after_shutdown(tmp_pa
 
 # -- SIGHUP to dialer run -----------------------------------------------------------------------------
 
-CAMPAIGN = """
-[campaign]
-id = "floor"
-mode = "progressive"
-
-[agents]
-desk = "api"
-port = {port}
-tokens_file = "{tokens}"
-audit_log = "{audit}"
-
-[simulation]
-leads = 5
-"""
-
-
 def test_sighup_to_dialer_run_reloads_the_tokens_file(tmp_path):
     port = _free_port()
     path = tokens_file(tmp_path, f"A1:agent:{TOKENS['A1']}\nS1:supervisor:{TOKENS['S1']}\n")
     audit = tmp_path / "audit.jsonl"
     cfg = tmp_path / "floor.toml"
-    cfg.write_text(CAMPAIGN.format(port=port, tokens=path, audit=audit))
+    cfg.write_text(API_CAMPAIGN.format(port=port, tokens=f'tokens_file = "{path}"', audit=audit))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "run", str(cfg), "--results", str(tmp_path / "res"),
                              "--json", "--quiet", "--realtime"], cwd=ROOT, stdout=subprocess.PIPE,

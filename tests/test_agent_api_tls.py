@@ -18,18 +18,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from helpers import Script, campaign, human
-from test_agent_api import INDEX, ROSTER, START, auth, floor, next_event, the_lead
+from test_agent_api import INDEX, auth, floor, next_event, preview_dialer, the_lead
 
-from engine.agent_api import ApiDesk, Roster
 from engine.agent_api.tls import TlsError, server_context
-from engine.audit import AuditLog
-from engine.clock import LoopClock
 from engine.config import AgentsSection, ConfigError, load_campaign
-from engine.dialer import Dialer
-from engine.models import Agent
-from engine.pacing import make_pacer
-from engine.pbx.sim import SimBackend
-from engine.plugins import make_plugin_manager
 from engine.store.memory import MemoryStore
 
 
@@ -131,11 +123,7 @@ async def test_a_bad_tls_file_stops_the_campaign_at_start(tmp_path):
     cert, _ = self_signed(tmp_path)
     cfg = campaign(campaign={"id": "t", "mode": "preview"},
                    agents={"desk": "api", "port": 0, "tls_cert": str(cert), "tls_key": str(tmp_path / "missing.key")})
-    desk = ApiDesk(cfg, Roster.parse(ROSTER, "test roster"))
-    dialer = Dialer(cfg, store=MemoryStore(index=INDEX), pbx=SimBackend(Script({})), desk=desk, agents=[Agent("A1")],
-                    plugins=make_plugin_manager(entry_points_too=False), clock=LoopClock(START),
-                    pacer=make_pacer("preview"), audit=AuditLog(tmp_path / "audit.jsonl", clock=lambda: 0.0))
-    desk.attach(dialer)
+    dialer = preview_dialer(cfg, MemoryStore(index=INDEX), Script({}), tmp_path)
     with pytest.raises(ExceptionGroup) as err:
         await dialer.run()
     [problem] = err.value.exceptions
