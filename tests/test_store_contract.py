@@ -590,25 +590,20 @@ async def test_store_unavailable_when_the_server_stops(tmp_path: Any) -> None:
 
 async def test_a_burst_costs_a_constant_number_of_round_trips(redis_url: str) -> None:
     """Reading and reserving a burst of any size: one round trip to read, one to reserve, and one more
-    only when a reservation's half must be undone (counted on the client, whatever the burst's size)."""
+    only when a reservation's half must be undone (counted on the client, whatever the burst's size:
+    every write to the server, whichever path sent it)."""
     s = RedisStore(redis_url, prefix="trips", index=INDEX)
     trips: list[str] = []
-    pipeline, execute_command = s._redis.pipeline, s._redis.execute_command
+    pool_class = s._redis.connection_pool.connection_class
+    send = pool_class.send_packed_command
 
-    def counted_pipeline(*a: Any, **k: Any) -> Any:
-        pipe = pipeline(*a, **k)
-        run = pipe.execute
+    async def counted_send(self: Any, command: Any, check_health: bool = True) -> None:
+        trips.append("write")
+        await send(self, command, check_health)
 
-        async def execute(*a: Any, **k: Any) -> Any:
-            trips.append(f"pipeline of {len(pipe.command_stack)}")
-            return await run(*a, **k)
-
-        pipe.execute = execute
-        return pipe
-
-    async def counted_command(*a: Any, **k: Any) -> Any:
-        trips.append(str(a[0]))
-        return await execute_command(*a, **k)
+    def counting(on: bool) -> None:
+        trips.clear()
+        pool_class.send_packed_command = counted_send if on else send
 
     try:
         for size in (1, 10, 60):
@@ -616,39 +611,36 @@ async def test_a_burst_costs_a_constant_number_of_round_trips(redis_url: str) ->
             await s.add_leads([mk(f"{cid}-{i}", phone(1000 * size + i), campaign=cid) for i in range(size)])
             leads = await s.claim_leads(cid, size, now=T0, node_id="n1", lease_s=60)
             await s.warm_up()  # every script loaded (a server that restarted reloads them; tested below)
-            s._redis.pipeline, s._redis.execute_command = counted_pipeline, counted_command
-            trips.clear()
+            counting(True)
             ctxs = await s.dial_contexts(leads, now=T0, day_keys=[DAY] * size)
             assert len(ctxs) == size and len(trips) == 1, trips
             trips.clear()
             res = await s.reserve_attempts([attempt(lead) for lead in leads], now=T0, day_keys=[DAY] * size,
                                            caps=BIG, node_id="n1")
             assert all(r.ok for r in res) and len(trips) == 1, trips
-            s._redis.pipeline, s._redis.execute_command = pipeline, execute_command
+            counting(False)
             # Read and reserve together (the Dialer's burst): one round trip for both.
             more = [mk(f"{cid}-m{i}", phone(1000 * size + 500 + i), campaign=cid) for i in range(size)]
             await s.add_leads(more)
             leads = await s.claim_leads(cid, size, now=T0, node_id="n1", lease_s=60)
-            s._redis.pipeline, s._redis.execute_command = counted_pipeline, counted_command
-            trips.clear()
+            counting(True)
             ctxs, res = await s.read_and_reserve([attempt(lead) for lead in leads], now=T0, day_keys=[DAY] * size,
                                                  caps=BIG, node_id="n1")
             assert len(ctxs) == size and all(r.ok for r in res) and len(trips) == 1, trips
-            s._redis.pipeline, s._redis.execute_command = pipeline, execute_command
+            counting(False)
         # Refusals after the gate (DNC, a number already locked) undo the half that passed: one more trip.
         await s.add_leads([mk(f"r-{i}", phone(9000 + i), campaign="r") for i in range(20)])
         leads = await s.claim_leads("r", 20, now=T0, node_id="n1", lease_s=60)
         await s.add_dnc([lead.phone for lead in leads[::3]])
-        s._redis.pipeline, s._redis.execute_command = counted_pipeline, counted_command
-        trips.clear()
+        counting(True)
         res = await s.reserve_attempts([attempt(lead) for lead in leads], now=T0, day_keys=[DAY] * 20, caps=BIG,
                                        node_id="n1")
         assert [r.rule for r in res] == ["dnc" if i % 3 == 0 else "" for i in range(20)]
         assert len(trips) == 2, trips
-        s._redis.pipeline, s._redis.execute_command = pipeline, execute_command
+        counting(False)
         assert await s.lead_counts("r") == {"pending": 0, "leased": 7, "in_call": 13, "done": 0}
     finally:
-        s._redis.pipeline, s._redis.execute_command = pipeline, execute_command
+        pool_class.send_packed_command = send
         await s.close()
 
 

@@ -162,6 +162,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import re
 import string
 import sys
@@ -971,11 +972,8 @@ class RedisStore:
         todo = list(range(len(runs)))
         replies: list[Any] = [None] * len(runs)
         for attempt in range(2):
-            pipe = self._redis.pipeline(transaction=False)
-            for i in todo:
-                name, (keys, args) = runs[i]
-                pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
-            got = await pipe.execute(raise_on_error=False)
+            got = await self._pipeline([("EVALSHA", self._scripts[runs[i][0]].sha, len(runs[i][1][0]),
+                                         *runs[i][1][0], *runs[i][1][1]) for i in todo])
             missing = []
             for i, reply in zip(todo, got, strict=True):
                 if isinstance(reply, NoScriptError) and attempt == 0:
@@ -990,6 +988,29 @@ class RedisStore:
                 await self._redis.script_load(self._scripts[name].script)
             todo = missing
         return replies
+
+    async def _pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Commands written at once on one connection and their replies read back in order, an error
+        reply returned as its exception: a pipeline without redis-py's per-command layers (its command
+        stack and argument checks, and a timeout context around every reply), which were about a third
+        of a burst's client time (BENCHMARKS.md, Floods). The caller's ``_guard`` bounds the whole; a
+        connection left with replies unread (an error, a cancellation) is closed, never reused."""
+        pool = self._redis.connection_pool
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(conn.pack_commands(commands))
+            out: list[Any] = []
+            for _ in commands:
+                try:
+                    out.append(await conn.read_response(timeout=math.inf))  # inf: the caller's deadline only
+                except ResponseError as exc:
+                    out.append(exc)
+            return out
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(conn)
 
     def _blob(self, lead: Lead, ix: int) -> str:
         context = f"{lead.campaign_id}/{ix}"
