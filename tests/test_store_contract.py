@@ -698,6 +698,10 @@ async def test_a_burst_after_a_script_flush_reloads_and_runs_each_script_once(re
         ctxs = await s.dial_contexts(leads, now=T0 + 1, day_keys=[DAY] * 5)
         assert [c.attempts_today for c in ctxs] == [1] * 5
         assert (await s.lead_counts("t"))["in_call"] == 5
+        client.script_flush()  # single scripts too (adding, claiming): loaded again, each run once
+        assert await s.add_leads([mk("l9", phone(9))]) == 1
+        assert [lead.lead_id for lead in await s.claim_leads("t", 5, now=T0, node_id="n1", lease_s=60)] == ["l9"]
+        assert await s.lead_counts("t") == {"pending": 0, "leased": 1, "in_call": 5, "done": 0}
     finally:
         client.close()
         await s.close()

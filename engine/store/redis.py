@@ -947,10 +947,13 @@ class RedisStore:
             raise
 
     async def _run(self, name: str, keys: list[str], args: list[Any], tag: str | None = None) -> Any:
-        """Run one script. ``tag``: the prefix of keys the script builds itself (same slot as ``keys``)."""
+        """Run one script (inside the caller's ``_guard``). ``tag``: the prefix of keys the script builds
+        itself (same slot as ``keys``)."""
         if self.script_calls is not None:
             self.script_calls.append((name, list(keys), tag))
-        return await self._scripts[name](keys=keys, args=args)
+        if self.cluster:
+            return await self._scripts[name](keys=keys, args=args)
+        return (await self._evalsha([(name, (keys, args))]))[0]
 
     async def _run_many(self, runs: list[tuple[str, tuple[list[str], list[Any]]]],
                         tagged: Collection[str] = ()) -> list[Any]:
@@ -969,6 +972,11 @@ class RedisStore:
         if self.cluster:
             return list(await asyncio.gather(*(self._scripts[name](keys=keys, args=args)
                                                for name, (keys, args) in runs)))
+        return await self._evalsha(runs)
+
+    async def _evalsha(self, runs: Sequence[tuple[str, tuple[list[str], list[Any]]]]) -> list[Any]:
+        """``EVALSHA`` for each run through the lean pipeline; the runs a server did not know the script
+        of (``NOSCRIPT``: they did not run) sent again once it is loaded. An error reply is raised."""
         todo = list(range(len(runs)))
         replies: list[Any] = [None] * len(runs)
         for attempt in range(2):
