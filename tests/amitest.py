@@ -4,7 +4,9 @@ variable as it does in production, and a bounded wait for state no event announc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -27,3 +29,14 @@ async def until(pred: Callable[[], bool], limit: float = 10.0) -> None:
     async with asyncio.timeout(limit):
         while not pred():  # noqa: ASYNC110
             await asyncio.sleep(0.005)
+
+
+async def settle(run: asyncio.Task[Any], emu: Any) -> None:
+    """The end of a test's campaign against the emulator, whatever failed first: a run still going is
+    cancelled and awaited (bounded), and the emulator is closed."""
+    if not run.done():
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            async with asyncio.timeout(10):
+                await run
+    await emu.close()

@@ -57,6 +57,34 @@ def auth(agent: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKENS[agent]}"}
 
 
+def login_status(port: int, token: str) -> tuple[int, Any]:
+    """``POST /login`` over plain HTTP, blocking: the status and the JSON body (None on an error status)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/login", method="POST",
+                                     headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+
+
+def login_when_up(proc: subprocess.Popen[str], port: int, token: str, status: int = 200) -> Any:
+    """Log in to a ``dialer run`` subprocess's agent API until it answers ``status`` (the server starts
+    with the campaign, a moment after its start line); the reply's body. Fails if the process ends."""
+    for _ in range(400):
+        try:
+            got, body = login_status(port, token)
+            if got == status:
+                return body
+        except urllib.error.URLError as exc:
+            if not isinstance(exc.reason, ConnectionRefusedError):
+                raise
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=0.05)
+        assert proc.poll() is None, proc.communicate()
+    raise AssertionError(f"the agent API never answered {status}")
+
+
 def the_lead(lead_id: str = "L1", phone: str = PHONE) -> Lead:
     return Lead(lead_id, "t", phone, tags=("vip",),
                 attributes={"first_name": "Ann", "email": "ann@example.com", "refused_products": "gold; silver"})
@@ -623,20 +651,7 @@ def test_dialer_run_serves_the_agent_api_and_stops_on_sigterm(tmp_path):
         assert proc.stderr is not None
         line = proc.stderr.readline()
         assert f"agent API on http://127.0.0.1:{port}/api/v1" in line, line
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/login", method="POST",
-                                         headers=auth("A1"))
-        for _ in range(200):  # the server starts with the campaign, just after that line
-            try:
-                with urllib.request.urlopen(request, timeout=10) as r:
-                    assert json.loads(r.read())["state"] == "paused"
-                break
-            except urllib.error.URLError as exc:
-                if not isinstance(exc.reason, ConnectionRefusedError):
-                    raise
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=0.05)
-        else:
-            raise AssertionError("the agent API never answered")
+        assert login_when_up(proc, port, TOKENS["A1"])["state"] == "paused"
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:

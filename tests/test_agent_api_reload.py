@@ -14,8 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,8 @@ from test_agent_api import (
     auth,
     connected_call,
     floor,
+    login_status,
+    login_when_up,
     next_event,
     the_lead,
 )
@@ -258,39 +258,17 @@ def test_sighup_to_dialer_run_reloads_the_tokens_file(tmp_path):
                              "--json", "--quiet", "--realtime"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
 
-    def login(token: str) -> int:
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/login", method="POST",
-                                         headers={"Authorization": f"Bearer {token}"})
-        try:
-            with urllib.request.urlopen(request, timeout=10) as r:
-                return r.status
-        except urllib.error.HTTPError as exc:
-            return exc.code
-
-    def until(status: int, token: str) -> None:
-        for _ in range(400):
-            try:
-                if login(token) == status:
-                    return
-            except urllib.error.URLError as exc:
-                if not isinstance(exc.reason, ConnectionRefusedError):
-                    raise
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=0.05)
-            assert proc.poll() is None, proc.communicate()
-        raise AssertionError(f"never {status}")
-
     try:
-        until(200, TOKENS["A1"])
-        assert login(TOKENS["A2"]) == 401
+        login_when_up(proc, port, TOKENS["A1"])
+        assert login_status(port, TOKENS["A2"])[0] == 401
         # Same length and the old modification time: only SIGHUP can make the engine read it again.
         stat = path.stat()
         path.write_text(f"A2:agent:{TOKENS['A2']}\nS1:supervisor:{TOKENS['S1']}\n")
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
         assert path.stat().st_size == stat.st_size
         proc.send_signal(signal.SIGHUP)
-        until(200, TOKENS["A2"])
-        assert login(TOKENS["A1"]) == 401
+        login_when_up(proc, port, TOKENS["A2"])
+        assert login_status(port, TOKENS["A1"])[0] == 401
         # A bad file on SIGHUP: an error naming file, line and field; the roster in use stands.
         path.write_text(f"A2:agent:{TOKENS['A2']}\nA2:agent:{'q' * 20}\n")
         proc.send_signal(signal.SIGHUP)
@@ -301,7 +279,7 @@ def test_sighup_to_dialer_run_reloads_the_tokens_file(tmp_path):
                 proc.wait(timeout=0.05)
         else:
             raise AssertionError("the bad file was not refused")
-        assert login(TOKENS["A2"]) == 200
+        assert login_status(port, TOKENS["A2"])[0] == 200
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:

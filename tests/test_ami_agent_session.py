@@ -9,7 +9,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from amitest import SECRET, SECRET_ENV, ami_secret, until  # noqa: F401  (ami_secret: autouse fixture)
+from amitest import SECRET, SECRET_ENV, ami_secret, settle, until  # noqa: F401  (ami_secret: autouse fixture)
 
 from engine.agents import AgentPool
 from engine.clock import SystemClock
@@ -187,9 +187,7 @@ async def test_an_agent_whose_session_vanished_gets_no_calls_until_it_is_back() 
         async with asyncio.timeout(30):
             summary = await run
     finally:
-        if not run.done():
-            run.cancel()
-        await emu.close()
+        await settle(run, emu)
     assert summary["errors"] == 0
     rows = await store.results(cfg.id)
     assert all(r["outcome"] in ("connected", "abandoned") for r in rows), {r["outcome"] for r in rows}

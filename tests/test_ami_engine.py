@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from amitest import SECRET, SECRET_ENV, ami_secret, until  # noqa: F401  (ami_secret: autouse fixture)
+from amitest import SECRET, SECRET_ENV, ami_secret, settle, until  # noqa: F401  (ami_secret: autouse fixture)
 
 from engine.clock import SystemClock
 from engine.config import CampaignConfig, campaign_from_dict
@@ -79,9 +79,7 @@ async def test_an_opt_out_puts_the_number_on_dnc_while_the_call_is_still_up() ->
         async with asyncio.timeout(30):
             summary = await run
     finally:
-        if not run.done():
-            run.cancel()
-        await emu.close()
+        await settle(run, emu)
     rows = {r["lead_id"]: r for r in await store.results(cfg.id)}
     assert sorted(r["outcome"] for r in rows.values()) == ["abandoned", "connected", "connected"]
     (opted,) = on_dnc
@@ -174,9 +172,7 @@ async def test_a_login_refused_on_reconnect_stops_the_run_instead_of_burning_the
         async with asyncio.timeout(30):
             summary = await run
     finally:
-        if not run.done():
-            run.cancel()
-        await emu.close()
+        await settle(run, emu)
     assert "login refused" in summary["failed"]
     rows = await store.results(cfg.id)
     assert len(rows) < 50, "the run went on dialling after the PBX logged it out"
@@ -211,9 +207,7 @@ async def test_while_the_pbx_is_unreachable_nothing_is_dialled_and_no_lead_is_sp
         async with asyncio.timeout(60):
             summary = await run
     finally:
-        if not run.done():
-            run.cancel()
-        await emu.close()
+        await settle(run, emu)
     rows = await store.results(cfg.id)
     outcomes = {r["outcome"] for r in rows}
     assert "failed" not in outcomes, outcomes
