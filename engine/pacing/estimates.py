@@ -316,6 +316,20 @@ class Estimates:
             return np.zeros(size), np.zeros(size)
         return total[:size], total[size:]
 
+    def free_sq_tables(self, horizons: np.ndarray, wrap_rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """The tables ``free_sums`` looks agents up in (by elapsed talk bin of ``talk.step`` seconds and by
+        elapsed wrap-up bin of ``WRAP_BIN``: P(free within each horizon), its square alongside), refreshed
+        as ``free_sums`` refreshes them, the wrap-up one at least ``wrap_rows`` rows deep: for the compiled
+        decision (``engine.pacing.kernel``), which sums the rows itself."""
+        self._free_tables(horizons, wrap_rows)
+        return self._free_sq
+
+    def ring_tables(self, horizons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What ``answered_sums`` works from, by elapsed ring bin of ``RING_BIN`` seconds: the ring-time CDF
+        at the bin, and its gain over each horizon (refreshed as ``answered_sums`` refreshes it): for the
+        compiled decision, which scales them by the answer rate itself, as ``_answer_table`` does."""
+        return self._ring_tables(horizons)
+
     def answered_sums(self, ring_elapsed: np.ndarray, horizons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Over the ringing calls, by horizon: the sum of P(answered needing an agent within it) and the
         sum of its squares (each call's row and its square looked up by elapsed ring bin)."""

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from engine.pacing.base import Decision, Snapshot, dial_cap
+from engine.pacing.estimates import RING_BIN, WRAP_BIN
 
 
 def normal_sf(z: np.ndarray) -> np.ndarray:
@@ -72,6 +73,10 @@ _SF_LIST = array("d", _SF.tolist())
 _SLOPE_LIST = array("d", [(_SF_LIST[i + 1] - _SF_LIST[i]) / (_Z_LIST[i + 1] - _Z_LIST[i])
                           for i in range(len(_Z_LIST) - 1)])
 _Z0, _Z_TOP, _Z_STEPS = _Z_LIST[0], _Z_LIST[-1], (len(_Z_LIST) - 1) / (_Z_LIST[-1] - _Z_LIST[0])
+# And as arrays, for the compiled decision (``engine.pacing.kernel``).
+_Z_ARRAY, _SF_ARRAY, _SLOPE_ARRAY = np.asarray(_Z_LIST), np.asarray(_SF_LIST), np.asarray(_SLOPE_LIST)
+_NONE = np.zeros(0)
+_NO_TABLE = np.zeros((1, 1))
 
 
 def _sf_scalar(z: float) -> float:
@@ -207,8 +212,15 @@ class _Parts:
 class PredictivePacer:
     name = "predictive"
     exact_max = EXACT_TERMS  # ringing calls + staffed agents up to which the exact path decides
+    # Decide by the compiled kernels (``engine.pacing.kernel``); False: by the numpy reference path,
+    # which gives the same decisions some 4-20 times slower (kept for the tests that compare the two).
+    compiled = True
 
     def __init__(self) -> None:
+        from engine.pacing import kernel  # numba's import and the compiled code: only for this pacer
+
+        kernel.warm_up()
+        self._kernel = kernel
         self._cache_key: tuple[int, int, float, float] | None = None
         self._cached: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] = (HORIZONS,) * 4
 
@@ -275,13 +287,49 @@ class PredictivePacer:
         cap = dial_cap(snap)
         if cap == 0 or snap.staffed == 0:
             return Decision()
+        if not self.compiled:
+            if self._exact(snap):
+                return Decision(dials=self.reference_exact_first_over(snap, cap))
+            return Decision(dials=self.parts(snap).first_over(cap, snap.allowance))
         if self._exact(snap):
             return Decision(dials=self.exact_first_over(snap, cap))
-        return Decision(dials=self.parts(snap).first_over(cap, snap.allowance))
+        return Decision(dials=self.normal_first_over(snap, cap))
+
+    def _kernel_inputs(self, snap: Snapshot) -> tuple[Any, ...]:
+        """What both compiled decisions work from: the snapshot's elapsed times as arrays, and the learnt
+        tables, refreshed exactly when the reference path (``parts``, ``_exact_risks``) refreshes them."""
+        est = snap.estimates
+        horizons, weight, ring_cdf, agent_horizons = self._grid(snap)
+        ringing = np.asarray(snap.ringing, dtype=float) if snap.ringing else _NONE
+        ring_now, ring_gain = est.ring_tables(horizons) if snap.ringing else (_NONE, _NO_TABLE)
+        talk_sq = wrap_sq = _NO_TABLE
+        on_call = np.asarray(snap.on_call, dtype=float) if snap.on_call else _NONE
+        wrap_up = np.asarray(snap.wrap_up, dtype=float) if snap.wrap_up else _NONE
+        if snap.on_call or snap.wrap_up:
+            wrap_rows = int(max(snap.wrap_up) * (1.0 / WRAP_BIN)) + 1 if snap.wrap_up else 0
+            talk_sq, wrap_sq = est.free_sq_tables(agent_horizons, wrap_rows)
+        return (ringing, 1.0 / RING_BIN, ring_now, ring_gain, on_call, 1.0 / est.talk.step, talk_sq,
+                wrap_up, 1.0 / WRAP_BIN, wrap_sq, ring_cdf, weight)
+
+    def normal_first_over(self, snap: Snapshot, cap: int) -> int:
+        """``parts(snap).first_over(cap, snap.allowance)`` in one compiled call (``engine.pacing.kernel``)."""
+        answer = snap.estimates.answer
+        return self._kernel.normal_first_over(
+            float(snap.waiting - snap.ready), NOISE_VAR, answer.p, max(answer.p, 1e-6), answer.variance,
+            *self._kernel_inputs(snap), cap, snap.allowance,
+            _Z0, _Z_TOP, _Z_STEPS, _Z_ARRAY, _SF_ARRAY, _SLOPE_ARRAY)
 
     def exact_first_over(self, snap: Snapshot, cap: int) -> int:
         """The first new dial (0-based) whose marginal risk, from the exact distributions, is over the
-        allowance, or ``cap``: the decision for a small team (see ``_exact_risks``)."""
+        allowance, or ``cap``: the decision for a small team, in one compiled call
+        (``reference_exact_first_over`` in numpy)."""
+        answer = snap.estimates.answer
+        need = snap.ready - snap.waiting + len(snap.on_call) + len(snap.wrap_up)
+        return self._kernel.exact_first_over(need, answer.p, max(answer.p, 1e-6), *self._kernel_inputs(snap), cap,
+                                       snap.allowance)
+
+    def reference_exact_first_over(self, snap: Snapshot, cap: int) -> int:
+        """``exact_first_over`` in numpy, term by term (see ``_exact_risks``): the reference."""
         allowance = snap.allowance
         weight = self._grid(snap)[1]
         for n, risk_h in enumerate(self._exact_risks(snap, cap)):
