@@ -31,6 +31,8 @@ from redis_server import _free_port, dump_all
 
 import plugins.followups as followups
 from engine.agent_api import ApiDesk, Roster, TokenError
+from engine.agent_api.check import agent_api_problems
+from engine.agent_api.tokens import Identity
 from engine.audit import AuditLog
 from engine.clock import LoopClock
 from engine.config import AgentsSection, ConfigError, campaign_from_dict
@@ -613,6 +615,27 @@ def test_tokens_from_a_file_or_the_environment(tmp_path):
         Roster.from_settings(AgentsSection(desk="api"), {})
     with pytest.raises(TokenError, match="cannot read"):
         Roster.from_settings(AgentsSection(desk="api", tokens_file=str(tmp_path / "missing")))
+
+
+def test_a_token_in_a_file_may_hold_a_comma_and_two_entries_on_a_line_are_refused(tmp_path):
+    path = tmp_path / "agents.tokens"
+    comma = "x" * 10 + ",y;z:" + "w" * 8  # punctuation a password generator makes
+    path.write_text(f"A1:agent:{comma}\nA2:agent:{'q' * 20}\n")
+    roster = Roster.from_file(path)
+    assert roster.agents == ("A1", "A2") and roster.identify(comma) == Identity("A1", "agent")
+    assert roster.identify("x" * 10) is None
+    # The environment's separator, used in a file: said, not read as one long token that locks both out.
+    path.write_text(f"A1:agent:{'x' * 20}, A2:agent:{'y' * 20}\n")
+    with pytest.raises(TokenError, match=r"agents.tokens:1: entry: one entry per line") as err:
+        Roster.from_file(path)
+    assert err.value.line == 1 and err.value.field == "entry" and "x" * 16 not in str(err.value)
+    cfg_path = tmp_path / "c.toml"
+    cfg_path.write_text(f'[campaign]\nid = "c"\n[agents]\ndesk = "api"\ntokens_file = "{path}"\n')
+    cfg = campaign_from_dict({"campaign": {"id": "c"}, "agents": {"desk": "api", "tokens_file": str(path)}})
+    errors, _ = agent_api_problems(cfg, str(cfg_path), {})
+    assert any("agents.tokens:1: entry: one entry per line" in e for e in errors)
+    path.write_text(f"A1:agent:{comma}\n")
+    assert agent_api_problems(cfg, str(cfg_path), {})[0] == []
 
 
 # -- dialer run -----------------------------------------------------------------------------------------

@@ -239,8 +239,8 @@ async def test_a_file_that_does_not_parse_keeps_the_roster_in_use(tmp_path):
 async def test_the_watcher_is_owned_by_the_server_and_gone_after_shutdown(tmp_path):
     path = tokens_file(tmp_path)
     async with floor(tmp_path, {"L1": human()}, leads=[the_lead()], agents={"tokens_file": str(path)}) as f:
-        assert [t.get_name() for t in asyncio.all_tasks() if t.get_name() == "agent-api-tokens"] == [
-            "agent-api-tokens"]
+        assert [t.get_name() for t in asyncio.all_tasks() if t.get_name() == "agent-api-files"] == [
+            "agent-api-files"]
         await f.stop()
     assert [t for t in asyncio.all_tasks() if t.get_name().startswith("agent-api")] == []
 

@@ -6,10 +6,13 @@ signs in and reads its event stream over real TLS; plain HTTP to the same port g
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import ipaddress
 import ssl
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -28,7 +31,7 @@ from engine.store.memory import MemoryStore
 def self_signed(directory: Path, name: str = "agents") -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 and localhost, and its private key, as PEM files."""
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dialer agent API test")])
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"dialer agent API test ({name})")])
     now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
@@ -129,3 +132,67 @@ async def test_a_bad_tls_file_stops_the_campaign_at_start(tmp_path):
     [problem] = err.value.exceptions
     assert isinstance(problem, TlsError) and problem.field == "tls_key"
     assert str(problem).startswith("agents.tls_key: cannot read ")
+
+
+async def _served_certificate(port: int, trusting: ssl.SSLContext) -> bytes:
+    """The certificate (DER) a new TLS connection to the agent API is given."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, ssl=trusting), 10.0)
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await writer.wait_closed()
+    del reader
+    return der
+
+
+def _der(cert: Path) -> bytes:
+    return x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(serialization.Encoding.DER)
+
+
+async def _tls_reloaded(f: Any, before: int) -> None:
+    """Until the server has taken (or refused) one more certificate reload."""
+    for _ in range(500):
+        if f.desk.server.tls_reloads > before:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the certificate was not reloaded")
+
+
+async def test_a_renewed_certificate_is_served_without_a_restart(tmp_path):
+    live = tmp_path / "live"
+    live.mkdir()
+    cert, key = self_signed(live)
+    old_der = _der(cert)
+    renewed_cert, renewed_key = self_signed(tmp_path, "renewed")
+    _, stray_key = self_signed(tmp_path, "stray")
+    both = tmp_path / "both.pem"
+    both.write_bytes(cert.read_bytes() + renewed_cert.read_bytes())
+    trusting = ssl.create_default_context(cafile=str(both))
+    async with floor(tmp_path, {}, leads=[the_lead()], client_ssl=trusting,
+                     agents={"tls_cert": str(cert), "tls_key": str(key)}) as f:
+        server, port = f.desk.server, f.desk.port
+        assert await _served_certificate(port, trusting) == old_der
+        ws = await f.events("A1")  # a stream opened before the renewal stays open through it
+
+        # Half a renewal (the new certificate, the old key): refused, the pair in use still served.
+        before = server.tls_reloads
+        cert.write_bytes(renewed_cert.read_bytes())
+        key.write_bytes(stray_key.read_bytes())
+        server.reload_tokens()  # SIGHUP
+        await _tls_reloaded(f, before)
+        assert await _served_certificate(port, trusting) == old_der
+        refused = [e for e in f.audit.entries() if e["action"] == "tls_reload_refused"]
+        assert refused and "does not belong to the certificate" in refused[-1]["reason"]
+
+        # The renewal completed: noticed by the watcher alone, served from the next connection on.
+        before = server.tls_reloads
+        key.write_bytes(renewed_key.read_bytes())
+        await _tls_reloaded(f, before)
+        assert await _served_certificate(port, trusting) == _der(renewed_cert)
+        assert [e["action"] for e in f.audit.entries()][-1] == "tls_reload"
+        status, me = await f.call("POST", "/login", "A1")
+        assert status == 200 and me["state"] == "paused"
+        assert (await next_event(ws, "state"))["state"] == "paused"  # the old stream still delivers
+        await f.stop()

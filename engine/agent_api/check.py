@@ -50,9 +50,10 @@ def agent_api_problems(cfg: CampaignConfig, path: str,
                                 "set (entries id:role:token), and agents.tokens_file is not set either"))
             text = None
     if text is not None:
-        problems = Roster.problems(text, source)
+        in_file = bool(section.tokens_file)
+        problems = Roster.problems(text, source, file=in_file)
         errors += [str(p) for p in problems]
-        if not problems and not Roster.parse(text, source).agents:
+        if not problems and not Roster.parse(text, source, file=in_file).agents:
             errors.append(f"{source}: no entry with role agent: nobody could take a call")
     tls = tls_problems(section)
     if not tls:

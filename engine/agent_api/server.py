@@ -13,7 +13,10 @@ now). See docs/agent-api.md for the endpoints and the events.
 With ``[agents] tls_cert`` and ``tls_key`` the server speaks HTTPS/WSS only. The
 token roster is read again on ``reload_tokens`` (SIGHUP) and whenever the tokens
 file changes (a task of the server looks every ``TOKENS_WATCH_S``); a connection
-opened with a token that no longer holds is closed (4401, "token revoked").
+opened with a token that no longer holds is closed (4401, "token revoked"). The
+certificate and key are read again the same way, so a renewed certificate is
+served from the next connection on without a restart (connections open keep the
+one they were made with); a pair that does not load keeps the one in use.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import os
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +35,7 @@ import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from engine.agent_api.desk import CLOSE, CloseWith, DeskError
-from engine.agent_api.tls import server_context
+from engine.agent_api.tls import TlsError, server_context
 from engine.agent_api.tokens import Identity, Roster, TokenError
 
 if TYPE_CHECKING:
@@ -90,9 +94,11 @@ class AgentApiServer:
         self._no_sockets = asyncio.Event()  # set whenever no WebSocket is open
         self._no_sockets.set()
         self._runner: web.AppRunner | None = None
-        self._watcher: asyncio.Task[None] | None = None  # re-reads the tokens file (owned; cancelled in stop)
+        self._watcher: asyncio.Task[None] | None = None  # re-reads the tokens and TLS files (owned; cancelled in stop)
         self._reload_asked = asyncio.Event()
+        self._ssl: ssl.SSLContext | None = None  # the context served with; a renewed certificate is loaded into it
         self.reloads = 0  # roster reloads done (taken or refused), for tests and status
+        self.tls_reloads = 0  # certificate reloads done (taken or refused)
         self.app = web.Application(middlewares=[self._auth])
         r = self.app.router
         r.add_get(f"{PREFIX}/events", self._events)
@@ -124,7 +130,7 @@ class AgentApiServer:
     async def start(self) -> None:
         """Listen (HTTPS only when ``[agents] tls_cert``/``tls_key`` are set: a ``TlsError`` names a bad
         file) and start watching the tokens file."""
-        ssl_context = server_context(self.desk.cfg.agents)
+        ssl_context = self._ssl = server_context(self.desk.cfg.agents)
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_S)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.desk.host, self.desk.port, ssl_context=ssl_context)
@@ -137,8 +143,9 @@ class AgentApiServer:
         bound = self._runner.addresses
         self.port = int(bound[0][1]) if bound else self.desk.port
         tokens_file = self.desk.cfg.agents.tokens_file
-        if tokens_file:
-            self._watcher = asyncio.create_task(self._watch_tokens(Path(tokens_file)), name="agent-api-tokens")
+        if tokens_file or ssl_context is not None:
+            self._watcher = asyncio.create_task(self._watch(Path(tokens_file) if tokens_file else None),
+                                                name="agent-api-files")
 
     async def stop(self) -> None:
         """No new connections, every screen told and closed, then the server's own bounded cleanup."""
@@ -165,37 +172,68 @@ class AgentApiServer:
     # -- the token roster, reloaded --------------------------------------------------------
 
     def reload_tokens(self) -> None:
-        """Read the tokens file again now (SIGHUP); safe from a signal handler: the watcher does the work."""
-        if self._watcher is None:
+        """Read the tokens file and the TLS files again now (SIGHUP); safe from a signal handler: the
+        watcher does the work."""
+        if not self.desk.cfg.agents.tokens_file:
             log.warning("agent tokens not reloaded: they come from the environment variable "
                         f"{self.desk.cfg.agents.tokens_env}, fixed at start; restart to change them "
                         "(or use [agents] tokens_file)")
-            return
-        self._reload_asked.set()
+        if self._watcher is not None:
+            self._reload_asked.set()
 
-    async def _watch_tokens(self, path: Path) -> None:
-        """Reload the roster when asked or when the file changes; one task does every reload, in order."""
-        seen = _stamp(path)
+    async def _watch(self, tokens: Path | None) -> None:
+        """Reload the roster and the certificate when asked, or each when its files change; one task does
+        every reload, in order."""
+        section = self.desk.cfg.agents
+        tls = [Path(p) for p in (section.tls_cert, section.tls_key) if p] if self._ssl is not None else []
+        seen, seen_tls = _stamp(tokens) if tokens else None, [_stamp(p) for p in tls]
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.tokens_watch_s):
                     await self._reload_asked.wait()
             asked = self._reload_asked.is_set()
             self._reload_asked.clear()
-            now = _stamp(path)
-            if not asked and now == seen:
-                continue
-            seen = now
-            try:
-                await self._reload(path, "SIGHUP" if asked else "file changed")
-            except Exception:  # a bug here must not end the watching, nor the campaign
-                log.exception("agent tokens reload failed; the roster in use stands", file=str(path))
-            self.reloads += 1
+            why = "SIGHUP" if asked else "file changed"
+            if tokens is not None and (asked or _stamp(tokens) != seen):
+                seen = _stamp(tokens)
+                try:
+                    await self._reload(tokens, why)
+                except Exception:  # a bug here must not end the watching, nor the campaign
+                    log.exception("agent tokens reload failed; the roster in use stands", file=str(tokens))
+                self.reloads += 1
+            if tls and (asked or [_stamp(p) for p in tls] != seen_tls):
+                seen_tls = [_stamp(p) for p in tls]
+                try:
+                    await self._reload_tls(why)
+                except Exception:
+                    log.exception("TLS certificate reload failed; the one in use stands")
+                self.tls_reloads += 1
+
+    async def _reload_tls(self, why: str) -> None:
+        """Serve the certificate and key now in their files from the next handshake on, or keep the pair
+        in use if they do not load together (a renewal caught half-written: the next change retries).
+        The pair is first loaded into a context of its own, so the one served is only ever given a pair
+        that works; audited."""
+        section = self.desk.cfg.agents
+        assert self._ssl is not None and section.tls_cert and section.tls_key
+        fields = ("agents.tls_cert", "agents.tls_key")
+        try:
+            await asyncio.to_thread(server_context, section)  # file reads: off the loop
+            await asyncio.to_thread(self._ssl.load_cert_chain, section.tls_cert, section.tls_key)
+        except (TlsError, OSError, ssl.SSLError) as exc:
+            log.error("TLS certificate not reloaded; the one in use stands", error=str(exc), reason=why,
+                      field=getattr(exc, "field", None))
+            self.desk.audit.record(actor="engine", role="admin", action="tls_reload_refused", lead_id="",
+                                   fields=fields, reason=f"{why}: {exc}")
+            return
+        log.info("TLS certificate reloaded", cert=section.tls_cert, reason=why)
+        self.desk.audit.record(actor="engine", role="admin", action="tls_reload", lead_id="", fields=fields,
+                               reason=f"{why}: {section.tls_cert}")
 
     async def _reload(self, path: Path, why: str) -> None:
         """Swap the roster for the file's, or keep the one in use if the file does not parse; audited."""
         try:
-            roster = Roster.from_file(path)
+            roster = await asyncio.to_thread(Roster.from_file, path)  # a file read: off the loop
         except TokenError as exc:
             # The message names the file, line and field, never a token.
             log.error("agent tokens file not reloaded; the roster in use stands", file=exc.source or str(path),

@@ -3,7 +3,9 @@
 Tokens are secrets, so they never sit in a campaign file (which is copied, diffed
 and pasted into tickets): they come from a file readable by the engine's user
 only, or from an environment variable. Each entry is ``id:role:token``, one per
-line (or separated by commas in the environment); ``#`` starts a comment line.
+line in a file, where a token may hold any character but a line break (commas
+included); in the environment entries are separated by commas or line breaks,
+so a token there cannot hold a comma. ``#`` starts a comment line.
 Only a SHA-256 digest of each token is kept in memory, and no error message or
 log line ever contains one: a bad entry is named by its line number and field.
 The file may change while a campaign runs (``engine.agent_api.server`` reads it
@@ -24,6 +26,9 @@ from engine.privacy import ROLES
 
 MIN_TOKEN_LENGTH = 16  # shorter secrets can be guessed over the network
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# A comma followed by what starts an entry, inside a token of a file: several entries on one line, the
+# way the environment separates them. Read as one token, it would lock both people out without a word.
+_SECOND_ENTRY = re.compile(r",\s*[A-Za-z0-9][A-Za-z0-9_.-]{0,63}:(?:" + "|".join(ROLES) + r"):")
 
 
 class TokenError(ValueError):
@@ -89,39 +94,44 @@ class Roster:
         self._digest_of[actor] = digest
 
     @classmethod
-    def parse(cls, text: str, source: str) -> Roster:
-        """Entries ``id:role:token`` from ``text`` (lines or commas); errors name ``source`` and the entry number."""
-        return cls._read(text, source, None)
+    def parse(cls, text: str, source: str, *, file: bool = False) -> Roster:
+        """Entries ``id:role:token`` from ``text``: one per line in a ``file``, else separated by commas or
+        lines (the environment); errors name ``source`` and the line (or the entry's number)."""
+        return cls._read(text, source, None, file)
 
     @classmethod
-    def problems(cls, text: str, source: str) -> list[TokenError]:
+    def problems(cls, text: str, source: str, *, file: bool = False) -> list[TokenError]:
         """Every bad entry of ``text``, not just the first (``dialer check`` lists them all); empty if it parses."""
         found: list[TokenError] = []
-        cls._read(text, source, found)
+        cls._read(text, source, found, file)
         return found
 
     @classmethod
-    def _read(cls, text: str, source: str, problems: list[TokenError] | None) -> Roster:
+    def _read(cls, text: str, source: str, problems: list[TokenError] | None, file: bool) -> Roster:
         """The roster of ``text``; the first error raised, or each one appended to ``problems``."""
         roster = cls(())
         n = 0
-        in_file = "\n" in text.strip()
+        by_line = file or "\n" in text.strip()
         for line_no, line in enumerate(text.splitlines(), start=1):
             if line.strip().startswith("#"):
                 continue
-            for part in line.split(","):
+            for part in [line] if file else line.split(","):
                 entry = part.strip()
                 if not entry:
                     continue
                 n += 1
-                where = f"{source}:{line_no}" if in_file else f"{source} (entry {n})"
+                where = f"{source}:{line_no}" if by_line else f"{source} (entry {n})"
                 fields = entry.split(":", 2)
                 try:
                     if len(fields) != 3:
                         raise TokenError(f"{where}: entry: expected id:role:token", source=source,
-                                         line=line_no if in_file else None, field="entry")
+                                         line=line_no if by_line else None, field="entry")
+                    if file and _SECOND_ENTRY.search(fields[2]):
+                        raise TokenError(f"{where}: entry: one entry per line in a file (this line holds "
+                                         "several, separated by commas)", source=source, line=line_no,
+                                         field="entry")
                     roster._add(fields[0].strip(), fields[1].strip(), fields[2].strip(), where=where,
-                                source=source, line=line_no if in_file else None)
+                                source=source, line=line_no if by_line else None)
                 except TokenError as exc:
                     if problems is None:
                         raise
@@ -158,7 +168,7 @@ class Roster:
         except UnicodeDecodeError as exc:
             raise TokenError(f"agents.tokens_file: {path} is not UTF-8 text (byte {exc.start})",
                              source=str(path)) from None
-        return cls.parse(text, str(path))
+        return cls.parse(text, str(path), file=True)
 
     def identify(self, token: str | None) -> Identity | None:
         """The identity a token belongs to, or None."""
