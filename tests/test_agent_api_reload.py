@@ -40,6 +40,7 @@ from test_agent_api import (
 import engine.agent_api.server as server_module
 from engine.agents import AgentPool
 from engine.models import Agent, AgentState
+from engine.pbx.base import PbxError
 
 A3_TOKEN = "a3-token-0123456789abcdef"
 NEW_A2_TOKEN = "a2-token-NEW-0123456789ab"
@@ -126,6 +127,72 @@ async def test_a_new_agent_added_to_the_file_can_sign_in_and_take_calls(tmp_path
     [reload] = [e for e in f.audit.entries() if e["action"] == "roster_reload"]
     assert (reload["actor"], reload["reason"]) == ("engine", "file changed: added A3")
     assert A3_TOKEN not in f.audit.path.read_text()
+
+
+async def test_a_new_agent_whose_phone_misses_the_login_is_logged_in_again_until_it_answers(tmp_path):
+    path = tokens_file(tmp_path)
+    async with floor(tmp_path, {"L1": human(after=0.05, talk=3600)}, leads=[the_lead()],
+                     agents={"tokens_file": str(path)}) as f:
+        f.desk.login_retry_s = (0.05, 0.1)
+        tries: list[str] = []
+        logged_in = f.dialer.pbx.agent_login
+
+        async def phone_off_twice(agent_id: str) -> None:
+            tries.append(agent_id)
+            if tries.count(agent_id) <= 2:
+                raise PbxError(f"PJSIP/{agent_id} did not answer")
+            await logged_in(agent_id)
+
+        f.dialer.pbx.agent_login = phone_off_twice
+        before = f.desk.server.reloads
+        rewrite(path, ROSTER + f"\nA3:agent:{A3_TOKEN}\n")
+        await reloaded(f, before)
+        for _ in range(int(EVENT_WAIT_S / 0.02)):
+            if "A3" not in f.dialer.pool.no_session:
+                break
+            await asyncio.sleep(0.02)
+        assert tries.count("A3") == 3 and "A3" not in f.dialer.pool.no_session
+        assert f.desk._logins == {}  # the task that tried again is done
+        TOKENS["A3"] = A3_TOKEN
+        try:
+            ws, connected = await connected_call(f, "A3")  # and the agent takes calls, no restart
+            assert connected["screen_pop"]["lead"]["lead_id"] == "L1"
+            await f.call("POST", f"/calls/{connected['call_id']}/hangup", "A3")
+            await next_event(ws, "wrap_up")
+            await f.call("POST", f"/calls/{connected['call_id']}/disposition", "A3", {"disposition": "sale"})
+            await next_event(ws, "call_done")
+        finally:
+            del TOKENS["A3"]
+        await f.stop()
+
+
+async def test_logins_tried_again_stop_with_the_shift_or_when_the_agent_leaves(tmp_path):
+    path = tokens_file(tmp_path)
+    async with floor(tmp_path, {}, leads=[the_lead()], agents={"tokens_file": str(path)}) as f:
+        f.desk.login_retry_s = (0.05,)
+        tries: list[str] = []
+
+        async def phone_off(agent_id: str) -> None:
+            tries.append(agent_id)
+            raise PbxError(f"PJSIP/{agent_id} did not answer")
+
+        f.dialer.pbx.agent_login = phone_off
+        before = f.desk.server.reloads
+        rewrite(path, ROSTER + f"\nA3:agent:{A3_TOKEN}\nA4:agent:{'a4-token-' + 'x' * 16}\n")
+        await reloaded(f, before)
+        await asyncio.sleep(0.3)
+        assert tries.count("A3") > 2 and set(f.desk._logins) == {"A2", "A3", "A4"}
+        before = f.desk.server.reloads
+        rewrite(path, ROSTER + f"\nA4:agent:{'a4-token-' + 'x' * 16}\n")  # A3 leaves the roster
+        await reloaded(f, before)
+        await asyncio.sleep(0.2)
+        assert set(f.desk._logins) == {"A2", "A4"}
+        stopped_at = tries.count("A3")
+        await asyncio.sleep(0.2)
+        assert tries.count("A3") == stopped_at and tries.count("A4") > stopped_at - 2
+        task = f.desk._logins["A4"]
+        await f.stop()
+    assert task.done() and f.desk._logins == {}
 
 
 async def test_removed_and_changed_tokens_stop_at_once_and_their_agents_leave_after_the_call(tmp_path):

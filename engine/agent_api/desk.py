@@ -44,6 +44,9 @@ MAX_NOTE = 4000  # characters in one note
 MAX_TAGS = 20  # tags in one request
 MAX_TAG = 64  # characters in one tag
 CLOSE = object()  # put in a connection's queue: say goodbye and close
+# Waits between the PBX logins of an agent who joined by a roster reload while their phone does not
+# answer the first (not plugged in yet, still registering): the last one is repeated until it does.
+LOGIN_RETRY_S = (5.0, 10.0, 30.0, 60.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +119,8 @@ class ApiDesk:
         self._offers = itertools.count(1)
         self._stopping = False
         self.server: AgentApiServer | None = None  # while serving
+        self.login_retry_s = LOGIN_RETRY_S
+        self._logins: dict[str, asyncio.Task[None]] = {}  # PBX logins tried again (owned; cancelled by run)
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -203,16 +208,42 @@ class ApiDesk:
         log.info("agent added to the roster", agent_id=agent_id)
 
     async def bring_up(self, agent_ids: list[str]) -> None:
-        """The PBX sessions of agents who joined (as at the start of the shift); then they can take calls."""
+        """The PBX sessions of agents who joined (as at the start of the shift); then they can take calls.
+        A login that fails is tried again in the background (``LOGIN_RETRY_S``) until it works."""
         for agent_id in agent_ids:
-            try:
-                await self.dialer.pbx.agent_login(agent_id)  # bounded by the backend (Asterisk: rings the phone)
-            except PbxError as exc:
-                log.warning("new agent's PBX session not up; no calls until it is", agent_id=agent_id,
-                            error=str(exc))
-                continue
-            self.pool.session_back(agent_id)
+            if not await self._pbx_login(agent_id, attempt=1):
+                self._keep_logging_in(agent_id)
         self.sync_states()
+
+    async def _pbx_login(self, agent_id: str, attempt: int) -> bool:
+        try:
+            await self.dialer.pbx.agent_login(agent_id)  # bounded by the backend (Asterisk: rings the phone)
+        except PbxError as exc:
+            log.warning("new agent's PBX session not up; no calls until it is, trying again", agent_id=agent_id,
+                        attempt=attempt, error=str(exc))
+            return False
+        self.pool.session_back(agent_id)
+        return True
+
+    def _keep_logging_in(self, agent_id: str) -> None:
+        if agent_id not in self._logins:
+            task = asyncio.create_task(self._login_until_up(agent_id), name=f"agent-login-{agent_id}")
+            self._logins[agent_id] = task
+            task.add_done_callback(lambda done: self._logins.pop(agent_id, None))
+
+    async def _login_until_up(self, agent_id: str) -> None:
+        """Try an agent's PBX login again until it works, they leave the roster, their session comes up
+        some other way, or the shift ends: a phone unreachable at the reload takes calls as soon as it
+        answers a login, not after a restart."""
+        for attempt in itertools.count(2):
+            await asyncio.sleep(self.login_retry_s[min(attempt - 2, len(self.login_retry_s) - 1)])
+            pool = self.pool
+            if self._stopping or agent_id not in self.roster.agents or agent_id not in pool.no_session:
+                return
+            if await self._pbx_login(agent_id, attempt):
+                log.info("new agent's PBX session up", agent_id=agent_id, attempt=attempt)
+                self.sync_states()
+                return
 
     # -- AgentDesk ------------------------------------------------------------------------
 
@@ -236,6 +267,10 @@ class ApiDesk:
             self._stopping = True
             self.serving.clear()
             self.server = None
+            logins = list(self._logins.values())
+            for task in logins:
+                task.cancel()
+            await asyncio.gather(*logins, return_exceptions=True)
             await server.stop()
             log.info("agent api stopped")
 
