@@ -43,7 +43,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -125,6 +125,20 @@ def _local_day(zone: str, wall: float) -> str:
 def _local_hour_at(zone: str, started: datetime) -> int:
     """The local hour of ``started`` in ``zone``: the calls of a burst share one ``started``."""
     return started.astimezone(_zone(zone)).hour
+
+
+@functools.lru_cache(maxsize=256)
+def _wall_started(wall: float) -> datetime:
+    """The UTC date of POSIX time ``wall``: one object for the calls of a burst, which share one ``wall``,
+    so that what their results derive from it (``_iso_seconds``, ``_local_hour_at``) is made once."""
+    return datetime.fromtimestamp(wall, UTC)
+
+
+@functools.lru_cache(maxsize=256)
+def _iso_seconds(started: datetime, offset: timedelta | None) -> str:
+    """A dial's date in its result (``iso()``'s format): made once for the calls of a burst. Keyed by its
+    UTC offset too: the same instant in another zone is an equal datetime, written otherwise."""
+    return started.isoformat(timespec="seconds")
 
 
 _UNDECIDED = object()  # a call task that makes its own pre-dial decision (preview)
@@ -529,6 +543,10 @@ class Dialer:
             ]
             self._counts_at = now
             self._since_refresh = [0, 0]
+        elif self._since_observe == [0, 0]:
+            # Nothing counted since the controller last looked, and the same window counts: it would
+            # work out what it holds already (most pacing rounds see no call end).
+            return
         live, abandoned = self._since_refresh
         counts = [AbandonCounts(c.abandoned + abandoned, c.live + live) for c in self._window_counts]
         self.controller.observe(self._since_observe[0], self._since_observe[1], counts)
@@ -651,7 +669,7 @@ class Dialer:
             events = CallEvents(self._loop)
             self._events[call.call_id] = events
             self.calls[call.call_id] = call
-            call.wall_started = datetime.fromtimestamp(wall, UTC)
+            call.wall_started = _wall_started(wall)
             call.dialed_at = self._loop.time()
             advance(call, CallState.ORIGINATING, call.dialed_at)
             self.counters.dials += 1
@@ -1055,7 +1073,7 @@ class Dialer:
             disposition=call.disposition,
             agent_id=call.agent_id,
             answer_kind=call.answer_kind.value if call.answer_kind else None,
-            started=call.wall_started.isoformat(timespec="seconds") if call.wall_started else "",  # = iso()
+            started=_iso_seconds(call.wall_started, call.wall_started.utcoffset()) if call.wall_started else "",
             ring_s=span(call.dialed_at, call.answered_at or call.ended_at),
             wait_s=span(call.answered_at, call.connected_at or (call.ended_at if call.answered_at else None)),
             talk_s=span(call.connected_at, call.ended_at),

@@ -13,7 +13,15 @@ from datetime import datetime
 from typing import Any
 
 
-class AgentState(enum.Enum):
+class _Enum(enum.Enum):
+    """``enum.Enum`` hashed in C: by identity, which is what its equality already is (members are
+    singletons). ``enum.Enum.__hash__`` is a Python function (the name's hash), and these enums key the
+    agent pool's tables and fill the sets the call path asks about, a dozen times per dial."""
+
+    __hash__ = object.__hash__
+
+
+class AgentState(_Enum):
     """Where an agent is in their working cycle; the pacer counts agents per state."""
 
     LOGGED_OUT = "logged_out"
@@ -24,7 +32,7 @@ class AgentState(enum.Enum):
     PAUSED = "paused"
 
 
-class CallState(enum.Enum):
+class CallState(_Enum):
     """The states one dial attempt moves through (see ``engine.calls`` for the transitions)."""
 
     RESERVED = "reserved"
@@ -37,7 +45,7 @@ class CallState(enum.Enum):
     ENDED = "ended"
 
 
-class AnswerKind(enum.Enum):
+class AnswerKind(_Enum):
     """Who picked up, as far as AMD (or its absence) can tell."""
 
     HUMAN = "human"
@@ -45,7 +53,7 @@ class AnswerKind(enum.Enum):
     UNKNOWN = "unknown"  # AMD off or not sure: treated as a live answer (fail safe)
 
 
-class Outcome(enum.Enum):
+class Outcome(_Enum):
     """How an attempt ended, from the dialer's point of view; drives retries and reports."""
 
     CONNECTED = "connected"  # live answer talked to an agent

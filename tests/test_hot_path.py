@@ -378,3 +378,44 @@ def test_a_simulated_run_leaves_nothing_frozen(vrun):
     cfg = campaign(retry={"max_attempts": 1})
     vrun(run_script(cfg, {"L1": human()}))
     assert gc.get_freeze_count() == 0
+
+
+def test_the_memory_stores_queue_gives_the_order_of_one_heap():
+    """``_Queue`` keeps in-order entries of each kind in a FIFO and the rest in a heap: whatever the mix
+    of kinds, orders and interleaved takes, what comes out is what one heap of the same entries gives."""
+    import heapq
+    import random
+
+    from engine.store.memory import _Queue
+
+    rng = random.Random(4)
+    for _ in range(200):
+        queue, heap, seq, taken, expected = _Queue(), [], 0, [], []
+        clock = {kind: rng.uniform(0, 50) for kind in ("ready", "lease", "lock", "eligible")}
+        for _ in range(rng.randint(1, 300)):
+            step = rng.random()
+            if step < 0.6:
+                kind = rng.choice(["ready", "lease", "lock", "eligible", None])
+                if kind is not None and rng.random() < 0.8:
+                    clock[kind] += rng.uniform(0, 5)  # mostly in order for its kind, as in the store
+                    key = clock[kind]
+                else:
+                    key = rng.uniform(0, 100)  # out of order, or of no kind
+                key = float(int(key)) if rng.random() < 0.2 else key  # ties on the key: seq decides
+                seq += 1
+                entry = (key, seq, f"L{seq}")
+                queue.push(entry, kind)
+                heapq.heappush(heap, entry)
+            elif step < 0.8:
+                upto = rng.uniform(0, 120)
+                taken.append(queue.pop(upto))
+                expected.append(heapq.heappop(heap) if heap and heap[0][0] <= upto else None)
+            else:
+                now = rng.uniform(0, 120)
+                taken.append(list(queue.due(now)))
+                due = []
+                while heap and heap[0][0] <= now:
+                    due.append(heapq.heappop(heap)[2])
+                expected.append(due)
+            assert queue.first() == (heap[0] if heap else None)
+        assert taken == expected

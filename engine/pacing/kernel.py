@@ -101,11 +101,11 @@ def normal_first_over(base: float, noise: float, rate: float, p: float, var_p: f
         free = np.zeros(2 * size)
         if len(on_call):
             _row_sums(on_call, talk_scale, talk_sq, free)
-        if len(wrap_up):
+        if len(wrap_up):  # summed apart, then added: the reference's order of additions
             more = np.zeros(2 * size)
             _row_sums(wrap_up, wrap_scale, wrap_sq, more)
             for h in range(2 * size):
-                free[h] = more[h] if not len(on_call) else free[h] + more[h]
+                free[h] += more[h]
         for h in range(size):
             mu[h] = mu[h] - free[h]
             var[h] = var[h] + (free[h] - free[size + h])

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import operator
 from collections import defaultdict, deque
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import fields, replace
 from typing import Any
 
@@ -21,6 +22,7 @@ from engine.pii import BlindIndex
 from engine.store.base import AbandonCounts, Caps, DialContext, Reservation, abandon_bucket, lead_zone, lost_row
 
 _DAY = 86_400.0
+_RESERVED = Reservation(True)  # immutable: one for every reservation made
 _LEAD_FIELDS = [f for f in fields(Lead) if f.init]
 _lead_values = operator.attrgetter(*(f.name for f in _LEAD_FIELDS))
 
@@ -34,6 +36,75 @@ if any(f.kw_only for f in _LEAD_FIELDS):  # pragma: no cover - positional copyin
     _copy_lead = replace
 
 
+class _Queue:
+    """Entries ``(key, seq, lead_id)`` taken smallest first: the order one heap of them gives, for less.
+
+    The store's queues are long (a list's ready leads; its waiting ones, among them a number lock per
+    dial, held four hours) and their entries mostly come in order: a lease or a lock comes due a fixed
+    delay after it is made, an imported list is due at once, retries of one outcome come due after one
+    delay, leads of one score become ready in turn. Each kind of entry has a FIFO, pushed and taken in
+    O(1); an entry out of order there (or of no kind) goes to the heap. Taking compares the heads, so
+    the order is exactly the one heap's (seqs only grow: no two entries are equal).
+    """
+
+    __slots__ = ("_heap", "_runs")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, str]] = []
+        self._runs: dict[str, deque[tuple[float, int, str]]] = {}
+
+    def push(self, entry: tuple[float, int, str], kind: str | None = None) -> None:
+        """Add an entry of a ``kind`` ("ready", "lease", "lock", "eligible"): to its FIFO when in order there."""
+        if kind is not None:
+            run = self._runs.get(kind)
+            if run is None:
+                run = self._runs[kind] = deque()
+            if not run or run[-1] < entry:
+                run.append(entry)
+                return
+        heapq.heappush(self._heap, entry)
+
+    def first(self) -> tuple[float, int, str] | None:
+        """The smallest entry, left in place; None when empty."""
+        first = self._heap[0] if self._heap else None
+        for run in self._runs.values():
+            if run and (first is None or run[0] < first):
+                first = run[0]
+        return first
+
+    def pop(self, upto: float = math.inf) -> tuple[float, int, str] | None:
+        """Take the smallest entry if its key is at most ``upto``; None when empty (or it is above)."""
+        heap = self._heap
+        first, source = (heap[0] if heap else None), None
+        for run in self._runs.values():
+            if run and (first is None or run[0] < first):
+                first, source = run[0], run
+        if first is None or first[0] > upto:
+            return None
+        if source is None:
+            heapq.heappop(heap)
+        else:
+            source.popleft()
+        return first
+
+    def due(self, now: float) -> Iterator[str]:
+        """The lead ids of the entries due at ``now`` (key: a time), taken in order; entries pushed
+        meanwhile are taken in their turn. (``pop(now)`` in a loop, written out: every claim runs it.)"""
+        heap, runs = self._heap, self._runs.values()
+        while True:
+            first, source = (heap[0] if heap else None), None
+            for run in runs:
+                if run and (first is None or run[0] < first):
+                    first, source = run[0], run
+            if first is None or first[0] > now:
+                return
+            if source is None:
+                heapq.heappop(heap)
+            else:
+                source.popleft()
+            yield first[2]
+
+
 class MemoryStore:
     """In-process implementation of ``engine.store.base.Store``."""
 
@@ -44,11 +115,11 @@ class MemoryStore:
         self._leads: dict[tuple[str, str], Lead] = {}  # (campaign, lead_id) -> lead
         self._by_number: dict[tuple[str, int], str] = {}  # (campaign, number index) -> lead_id
         self._lease_until: dict[tuple[str, str], float] = {}
-        # Per campaign: ready heaps per tier and zone (-score, seq, lead_id) and a waiting heap (time, seq,
+        # Per campaign: ready queues per tier and zone (-score, seq, lead_id) and a waiting queue (time, seq,
         # lead_id). Per zone so that a claim can add a zone's bonus to a whole queue (``claim_leads``).
-        self._ready: dict[str, dict[int, dict[str, list[tuple[float, int, str]]]]] = defaultdict(dict)
+        self._ready: dict[str, dict[int, dict[str, _Queue]]] = defaultdict(dict)
         self._zones: dict[str, set[str]] = defaultdict(set)  # per campaign: every zone a lead was imported with
-        self._waiting: dict[str, list[tuple[float, int, str]]] = defaultdict(list)
+        self._waiting: dict[str, _Queue] = defaultdict(_Queue)
         self._dnc: set[int] = set()
         self._dnc_campaign: dict[str, set[int]] = defaultdict(set)
         self._invalid: set[int] = set()
@@ -101,20 +172,25 @@ class MemoryStore:
         return number
 
     def _queue(self, lead: Lead) -> None:
-        heapq.heappush(self._waiting[lead.campaign_id], (lead.next_eligible, next(self._seq), lead.lead_id))
+        self._waiting[lead.campaign_id].push((lead.next_eligible, next(self._seq), lead.lead_id), "eligible")
+
+    def _ready_queue(self, campaign_id: str, tier: int, zone: str) -> _Queue:
+        queues = self._ready[campaign_id].setdefault(tier, {})
+        queue = queues.get(zone)
+        if queue is None:
+            queue = queues[zone] = _Queue()
+        return queue
 
     def _promote(self, campaign_id: str, now: float) -> None:
-        waiting, ready = self._waiting[campaign_id], self._ready[campaign_id]
-        while waiting and waiting[0][0] <= now:
-            _, _, lead_id = heapq.heappop(waiting)
+        for lead_id in self._waiting[campaign_id].due(now):
             lead = self._leads[(campaign_id, lead_id)]
             if lead.status == "leased" and self._lease_until.get((campaign_id, lead_id), 0.0) <= now:
                 lead.status = "pending"  # the node holding it is gone
             elif lead.status == "in_call" and self._lease_until.get((campaign_id, lead_id), 0.0) <= now:
                 self._lose((campaign_id, lead_id), lead, now)
             if lead.status == "pending" and lead.next_eligible <= now:
-                heapq.heappush(ready.setdefault(lead.tier, {}).setdefault(lead_zone(lead), []),
-                               (-lead.score, next(self._seq), lead_id))
+                self._ready_queue(campaign_id, lead.tier, lead_zone(lead)).push(
+                    (-lead.score, next(self._seq), lead_id), "ready")
 
     def _lose(self, key: tuple[str, str], lead: Lead, now: float) -> None:
         """An attempt whose number lock lapsed unfinished: recorded once as lost, the lead back for its next."""
@@ -140,8 +216,8 @@ class MemoryStore:
             queues = by_tier[tier]
             if len(queues) == 1:  # one zone: its heap is the order, whatever its bonus
                 [(zone, ready)] = queues.items()
-                while ready and len(out) < n:
-                    moved = self._lease_one(campaign_id, heapq.heappop(ready)[2], tier, zone, now, lease_s, out)
+                while len(out) < n and (entry := ready.pop()) is not None:
+                    moved = self._lease_one(campaign_id, entry[2], tier, zone, now, lease_s, out)
                     if moved is not None and moved[0] == tier:
                         break  # re-zoned: the tier has two heaps now, merged below
             if len(queues) > 1:
@@ -150,27 +226,32 @@ class MemoryStore:
                 break
         return out
 
-    def _claim_merged(self, campaign_id: str, tier: int, queues: dict[str, list[tuple[float, int, str]]],
+    def _claim_merged(self, campaign_id: str, tier: int, queues: dict[str, _Queue],
                       bonus: Mapping[str, float], n: int, now: float, lease_s: float, out: list[Lead]) -> None:
         """A k-way merge of the tier's zone heaps on (-score - bonus, seq): each heap is in -score order
         and its bonus is the same for all of it, so taking the best head each time is exactly the order
         of one heap over all the tier's leads keyed by effective score (see ``Store.claim_leads``).
         ``heads`` holds (key, seq, zone) of each heap's top, lazily: an entry whose heap top moved on
         (a lead re-queued into that heap meanwhile) is dropped when it comes up."""
-        heads = [(ready[0][0] - bonus.get(zone, 0.0), ready[0][1], zone) for zone, ready in queues.items() if ready]
+        heads = []
+        for zone, ready in queues.items():
+            if (top := ready.first()) is not None:
+                heads.append((top[0] - bonus.get(zone, 0.0), top[1], zone))
         heapq.heapify(heads)
         while heads and len(out) < n:
             _, seq, zone = heapq.heappop(heads)
             ready = queues[zone]
-            if not ready or ready[0][1] != seq:
+            top = ready.first()
+            if top is None or top[1] != seq:
                 continue  # stale: that heap's top changed since this entry was made
-            lead_id = heapq.heappop(ready)[2]
-            moved = self._lease_one(campaign_id, lead_id, tier, zone, now, lease_s, out)
+            ready.pop()
+            moved = self._lease_one(campaign_id, top[2], tier, zone, now, lease_s, out)
             if moved is not None and moved[0] == tier:  # re-queued into another heap of this tier: new top?
-                other = queues[moved[1]]
-                heapq.heappush(heads, (other[0][0] - bonus.get(moved[1], 0.0), other[0][1], moved[1]))
-            if ready:
-                heapq.heappush(heads, (ready[0][0] - bonus.get(zone, 0.0), ready[0][1], zone))
+                other = queues[moved[1]].first()
+                assert other is not None
+                heapq.heappush(heads, (other[0] - bonus.get(moved[1], 0.0), other[1], moved[1]))
+            if (top := ready.first()) is not None:
+                heapq.heappush(heads, (top[0] - bonus.get(zone, 0.0), top[1], zone))
 
     def _lease_one(self, campaign_id: str, lead_id: str, tier: int, zone: str, now: float, lease_s: float,
                    out: list[Lead]) -> tuple[int, str] | None:
@@ -181,12 +262,11 @@ class MemoryStore:
             return None  # stale heap entry
         where = (lead.tier, lead_zone(lead))
         if where != (tier, zone):  # re-tiered (or re-zoned) since it was queued
-            heapq.heappush(self._ready[campaign_id].setdefault(lead.tier, {}).setdefault(where[1], []),
-                           (-lead.score, next(self._seq), lead_id))
+            self._ready_queue(campaign_id, lead.tier, where[1]).push((-lead.score, next(self._seq), lead_id), "ready")
             return where
         lead.status = "leased"
         self._lease_until[(campaign_id, lead_id)] = now + lease_s
-        heapq.heappush(self._waiting[campaign_id], (now + lease_s, next(self._seq), lead_id))
+        self._waiting[campaign_id].push((now + lease_s, next(self._seq), lead_id), "lease")
         out.append(_copy_lead(lead))
         return None
 
@@ -262,8 +342,8 @@ class MemoryStore:
         stored.status = "in_call"
         self._lease_until[key] = now + caps.lock_s  # held as long as the number lock (see Store.claim_leads)
         self._lost[key] = (call, now)
-        heapq.heappush(self._waiting[lead.campaign_id], (now + caps.lock_s, next(self._seq), lead.lead_id))
-        return Reservation(True)
+        self._waiting[lead.campaign_id].push((now + caps.lock_s, next(self._seq), lead.lead_id), "lock")
+        return _RESERVED
 
     async def dial_contexts(self, leads: Sequence[Lead], *, now: float,
                             day_keys: Sequence[str]) -> list[DialContext]:
@@ -313,7 +393,7 @@ class MemoryStore:
                 self._lease_until.pop(key, None)
             else:
                 self._lease_until[key] = before[1]
-                heapq.heappush(self._waiting[lead.campaign_id], (before[1], next(self._seq), lead.lead_id))
+                self._waiting[lead.campaign_id].push((before[1], next(self._seq), lead.lead_id))
 
     async def finish_attempt(self, call: CallAttempt, result: CallResult, *, now: float,
                              next_eligible: float | None, abandoned: bool, live: bool,
@@ -323,13 +403,14 @@ class MemoryStore:
             return  # already recorded (a retried write, or the attempt was given up as lost)
         self._finished.add(call.call_id)
         number = self._number(lead.phone)
+        key = (lead.campaign_id, lead.lead_id)
         self._locks.pop(number, None)
-        self._lost.pop((lead.campaign_id, lead.lead_id), None)
-        self._before_call.pop((lead.campaign_id, lead.lead_id), None)
-        self._lease_until.pop((lead.campaign_id, lead.lead_id), None)
+        self._lost.pop(key, None)
+        self._before_call.pop(key, None)
+        self._lease_until.pop(key, None)
         row = result.as_row()
         self._results[call.campaign_id].append(row)
-        self._history[(lead.campaign_id, lead.lead_id)].append(row)
+        self._history[key].append(row)
         if live:
             bucket = self._abandon_buckets[call.campaign_id].setdefault(abandon_bucket(now), [0, 0])
             bucket[1] += 1
@@ -338,7 +419,7 @@ class MemoryStore:
                 self._last_abandon[number] = now
         if invalid_number:
             self._invalid.add(number)
-        self._reschedule(self._leads[(lead.campaign_id, lead.lead_id)], next_eligible)
+        self._reschedule(self._leads[key], next_eligible)
 
     async def record_block(self, campaign_id: str, lead: Lead, veto: Veto, *, now: float) -> None:
         self._blocks[campaign_id].append(

@@ -86,10 +86,18 @@ def zones_for(lead: Any, campaign: Any) -> list[ZoneInfo]:
     return [_zone(campaign.campaign.timezone)]
 
 
-def _open_at(hours: Any, ts: float, zone: ZoneInfo) -> bool:
+@functools.lru_cache(maxsize=1024)
+def _local(ts: float, zone: ZoneInfo) -> tuple[date, time]:
+    """The local date and (naive) time of POSIX time ``ts`` in ``zone``: the dials of a burst share one
+    ``ts``, so each zone's is worked out once for them."""
     local = datetime.fromtimestamp(ts, zone)
-    window = hours.window(local.date())
-    return window is not None and window[0] <= local.time().replace(tzinfo=None) < window[1]
+    return local.date(), local.time()
+
+
+def _open_at(hours: Any, ts: float, zone: ZoneInfo) -> bool:
+    day, clock = _local(ts, zone)
+    window = hours.window(day)
+    return window is not None and window[0] <= clock < window[1]
 
 
 def _next_opening(hours: Any, ts: float, zone: ZoneInfo) -> float | None:

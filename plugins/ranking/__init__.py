@@ -87,6 +87,8 @@ def dialer_rank_lead(lead: Lead, campaign: Any) -> float | None:
 
 def recommend(lead: Lead, campaign: Any) -> tuple[str, int] | None:
     """The product whose tags overlap the lead's tags most, with the overlap size."""
+    if not campaign.ranking.products:
+        return None  # what the search below finds, without setting it up (asked on every dial)
     best = max(((name, len(set(tags) & set(lead.tags))) for name, tags in campaign.ranking.products.items()),
                key=lambda x: x[1], default=None)
     return best if best and best[1] > 0 else None
