@@ -23,21 +23,25 @@ import math
 import numpy as np
 from numba import njit
 
+from engine.pacing.predictive import _SF_ARRAY, _SLOPE_ARRAY, _Z0, _Z_ARRAY, _Z_STEPS, _Z_TOP
+
+# The normal-tail table of ``predictive._sf_scalar``: module constants, which numba compiles in.
+_ZS, _SFS, _SLOPES = _Z_ARRAY, _SF_ARRAY, _SLOPE_ARRAY
+
 
 @njit(cache=True, nogil=True)
-def _sf(z: float, z0: float, z_top: float, steps: float, zs: np.ndarray, sfs: np.ndarray,
-        slopes: np.ndarray) -> float:  # pragma: no cover - compiled
+def _sf(z: float) -> float:  # pragma: no cover - compiled
     """``predictive._sf_scalar``: ``np.interp`` in the normal-tail table, one number."""
-    if z <= z0:
-        return sfs[0] if z == z else z
-    if z >= z_top:
-        return sfs[len(sfs) - 1]
-    j = int((z - z0) * steps)
-    if j > 0 and z < zs[j]:
+    if z <= _Z0:
+        return _SFS[0] if z == z else z
+    if z >= _Z_TOP:
+        return _SFS[len(_SFS) - 1]
+    j = int((z - _Z0) * _Z_STEPS)
+    if j > 0 and z < _ZS[j]:
         j -= 1
-    elif z >= zs[j + 1]:
+    elif z >= _ZS[j + 1]:
         j += 1
-    return slopes[j] * (z - zs[j]) + sfs[j]
+    return _SLOPES[j] * (z - _ZS[j]) + _SFS[j]
 
 
 @njit(cache=True, nogil=True)
@@ -61,9 +65,8 @@ def normal_first_over(base: float, noise: float, rate: float, p: float, var_p: f
                       ringing: np.ndarray, ring_scale: float, ring_now: np.ndarray, ring_gain: np.ndarray,
                       on_call: np.ndarray, talk_scale: float, talk_sq: np.ndarray,
                       wrap_up: np.ndarray, wrap_scale: float, wrap_sq: np.ndarray,
-                      ring_cdf: np.ndarray, weight: np.ndarray, cap: int, allowance: float,
-                      z0: float, z_top: float, steps: float, zs: np.ndarray, sfs: np.ndarray,
-                      slopes: np.ndarray) -> int:  # pragma: no cover - compiled
+                      ring_cdf: np.ndarray, weight: np.ndarray, cap: int,
+                      allowance: float) -> int:  # pragma: no cover - compiled
     """The first new dial (0-based) whose marginal abandon risk is over ``allowance``, or ``cap``.
 
     ``base`` is calls waiting minus agents ready; ``rate`` the answer rate learnt and ``p`` the same kept
@@ -120,7 +123,7 @@ def normal_first_over(base: float, noise: float, rate: float, p: float, var_p: f
             a = p * ring_cdf[h]
             per_p = per_p0[h] + x * (a / p)
             z = (-0.5 - (mu[h] + x * a)) / math.sqrt(var[h] + x * (a * (1.0 - a)) + per_p * per_p * var_p)
-            r = _sf(z, z0, z_top, steps, zs, sfs, slopes)
+            r = _sf(z)
             if k == 0:
                 if r > allowance:
                     return n
@@ -227,9 +230,8 @@ def warm_up() -> None:
     global _warm
     if _warm:
         return
-    one, table, grid = np.zeros(1), np.zeros((1, 2)), np.array([-9.0, 0.0, 9.0])
+    one, table = np.zeros(1), np.zeros((1, 2))
     normal_first_over(0.0, 0.05, 0.3, 0.3, 0.0, one, 4.0, one, table, one, 0.5, table, one, 2.0, table,
-                      one, one, 1, 0.5, -9.0, 9.0, 1.0 / 9.0, grid, np.array([1.0, 0.5, 0.0]),
-                      np.array([-1.0 / 18.0, -1.0 / 18.0]))
+                      one, one, 1, 0.5)
     exact_first_over(1, 0.3, 0.3, one, 4.0, one, table, one, 0.5, table, one, 2.0, table, one, one, 1, 0.5)
     _warm = True

@@ -73,7 +73,7 @@ _SF_LIST = array("d", _SF.tolist())
 _SLOPE_LIST = array("d", [(_SF_LIST[i + 1] - _SF_LIST[i]) / (_Z_LIST[i + 1] - _Z_LIST[i])
                           for i in range(len(_Z_LIST) - 1)])
 _Z0, _Z_TOP, _Z_STEPS = _Z_LIST[0], _Z_LIST[-1], (len(_Z_LIST) - 1) / (_Z_LIST[-1] - _Z_LIST[0])
-# And as arrays, for the compiled decision (``engine.pacing.kernel``).
+# And as arrays, for the compiled decision (``engine.pacing.kernel``, which compiles them in).
 _Z_ARRAY, _SF_ARRAY, _SLOPE_ARRAY = np.asarray(_Z_LIST), np.asarray(_SF_LIST), np.asarray(_SLOPE_LIST)
 _NONE = np.zeros(0)
 _NO_TABLE = np.zeros((1, 1))
@@ -316,8 +316,7 @@ class PredictivePacer:
         answer = snap.estimates.answer
         return self._kernel.normal_first_over(
             float(snap.waiting - snap.ready), NOISE_VAR, answer.p, max(answer.p, 1e-6), answer.variance,
-            *self._kernel_inputs(snap), cap, snap.allowance,
-            _Z0, _Z_TOP, _Z_STEPS, _Z_ARRAY, _SF_ARRAY, _SLOPE_ARRAY)
+            *self._kernel_inputs(snap), cap, snap.allowance)
 
     def exact_first_over(self, snap: Snapshot, cap: int) -> int:
         """The first new dial (0-based) whose marginal risk, from the exact distributions, is over the
