@@ -101,6 +101,21 @@ async def until_state(f: Floor, agent: str, state: str) -> None:
     raise AssertionError(f"{agent} never {state}")
 
 
+async def a3_takes_the_call(f: Floor) -> None:
+    """A3 (added by a reload) signs in, goes ready, takes lead L1's preview call and ends it with a sale."""
+    TOKENS["A3"] = A3_TOKEN
+    try:
+        ws, connected = await connected_call(f, "A3")
+        assert connected["screen_pop"]["lead"]["lead_id"] == "L1"
+        assert await state_of(f, "A3") == "on_call"
+        await f.call("POST", f"/calls/{connected['call_id']}/hangup", "A3")
+        await next_event(ws, "wrap_up")
+        await f.call("POST", f"/calls/{connected['call_id']}/disposition", "A3", {"disposition": "sale"})
+        await next_event(ws, "call_done")
+    finally:
+        del TOKENS["A3"]
+
+
 async def test_a_new_agent_added_to_the_file_can_sign_in_and_take_calls(tmp_path):
     path = tokens_file(tmp_path)
     async with floor(tmp_path, {"L1": human(after=0.05, talk=3600)}, leads=[the_lead()],
@@ -110,17 +125,7 @@ async def test_a_new_agent_added_to_the_file_can_sign_in_and_take_calls(tmp_path
         before = f.desk.server.reloads
         rewrite(path, ROSTER + f"\nA3:agent:{A3_TOKEN}\n")
         await reloaded(f, before)
-        TOKENS["A3"] = A3_TOKEN
-        try:
-            ws, connected = await connected_call(f, "A3")  # signs in, goes ready, takes the preview call
-            assert connected["screen_pop"]["lead"]["lead_id"] == "L1"
-            assert await state_of(f, "A3") == "on_call"
-            await f.call("POST", f"/calls/{connected['call_id']}/hangup", "A3")
-            await next_event(ws, "wrap_up")
-            await f.call("POST", f"/calls/{connected['call_id']}/disposition", "A3", {"disposition": "sale"})
-            await next_event(ws, "call_done")
-        finally:
-            del TOKENS["A3"]
+        await a3_takes_the_call(f)  # signs in, goes ready, takes the preview call
         assert (await f.call("GET", "/me", "A1"))[0] == 200  # nobody else is touched
         await f.stop()
     assert [(r["agent_id"], r["disposition"]) for r in await f.store.results("t")] == [("A3", "sale")]
@@ -153,16 +158,7 @@ async def test_a_new_agent_whose_phone_misses_the_login_is_logged_in_again_until
             await asyncio.sleep(0.02)
         assert tries.count("A3") == 3 and "A3" not in f.dialer.pool.no_session
         assert f.desk._logins == {}  # the task that tried again is done
-        TOKENS["A3"] = A3_TOKEN
-        try:
-            ws, connected = await connected_call(f, "A3")  # and the agent takes calls, no restart
-            assert connected["screen_pop"]["lead"]["lead_id"] == "L1"
-            await f.call("POST", f"/calls/{connected['call_id']}/hangup", "A3")
-            await next_event(ws, "wrap_up")
-            await f.call("POST", f"/calls/{connected['call_id']}/disposition", "A3", {"disposition": "sale"})
-            await next_event(ws, "call_done")
-        finally:
-            del TOKENS["A3"]
+        await a3_takes_the_call(f)  # and the agent takes calls, no restart
         await f.stop()
 
 

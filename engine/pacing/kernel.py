@@ -61,6 +61,24 @@ def _row_sums(elapsed: np.ndarray, scale: float, table: np.ndarray, out: np.ndar
 
 
 @njit(cache=True, nogil=True)
+def _marginal_over(risk: np.ndarray, weight: np.ndarray, allowance: float) -> bool:  # pragma: no cover
+    """Whether a candidate's marginal risk, from its risk by answer horizon, is over ``allowance``: the
+    running max from the last horizon (an early answer takes an agent a later one would have had),
+    weighted by when the call is answered (``predictive._weighted``). ``risk`` is overwritten."""
+    size = len(risk)
+    running = risk[size - 1]
+    for k in range(1, size):
+        h = size - 1 - k
+        if risk[h] > running:
+            running = risk[h]
+        risk[h] = running
+    total = 0.0
+    for h in range(size):
+        total += risk[h] * weight[h]
+    return total > allowance
+
+
+@njit(cache=True, nogil=True)
 def normal_first_over(base: float, noise: float, rate: float, p: float, var_p: float,
                       ringing: np.ndarray, ring_scale: float, ring_now: np.ndarray, ring_gain: np.ndarray,
                       on_call: np.ndarray, talk_scale: float, talk_sq: np.ndarray,
@@ -115,26 +133,17 @@ def normal_first_over(base: float, noise: float, rate: float, p: float, var_p: f
     risk = np.zeros(size)
     for n in range(cap):
         x = float(n)
-        running = 0.0
-        # Last horizon first (the running max goes from the end): over the allowance there, the
-        # marginal risk is too, and the scan ends at once.
+        # Last horizon first: the marginal risk is at least the risk there, so over the allowance there,
+        # the scan ends at once.
         for k in range(size):
             h = size - 1 - k
             a = p * ring_cdf[h]
             per_p = per_p0[h] + x * (a / p)
             z = (-0.5 - (mu[h] + x * a)) / math.sqrt(var[h] + x * (a * (1.0 - a)) + per_p * per_p * var_p)
-            r = _sf(z)
-            if k == 0:
-                if r > allowance:
-                    return n
-                running = r
-            elif r > running:
-                running = r
-            risk[h] = running
-        total = 0.0
-        for h in range(size):
-            total += risk[h] * weight[h]
-        if total > allowance:
+            risk[h] = _sf(z)
+            if k == 0 and risk[h] > allowance:
+                return n
+        if _marginal_over(risk, weight, allowance):
             return n
     return cap
 
@@ -207,17 +216,9 @@ def exact_first_over(need: int, rate: float, p: float,
                     tails[h, k] = (1.0 - a) * tails[h, k] + a * tails[h, k - 1]
         if tails[size - 1, cap] > allowance:
             return n
-        running = 0.0
-        for k in range(size):
-            h = size - 1 - k
-            r = tails[h, cap]
-            if k == 0 or r > running:
-                running = r
-            risk[h] = running
-        total = 0.0
         for h in range(size):
-            total += risk[h] * weight[h]
-        if total > allowance:
+            risk[h] = tails[h, cap]
+        if _marginal_over(risk, weight, allowance):
             return n
     return cap
 
