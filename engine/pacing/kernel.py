@@ -149,6 +149,20 @@ def normal_first_over(base: float, noise: float, rate: float, p: float, var_p: f
 
 
 @njit(cache=True, nogil=True)
+def _not_free_rows(elapsed: np.ndarray, scale: float, table: np.ndarray, q_all: np.ndarray,
+                   j: int) -> int:  # pragma: no cover - compiled
+    """Rows ``j``, ``j + 1``... of ``q_all``: P(each agent is *not* free by each horizon), from the table of
+    P(free) by elapsed bin; returns the next row."""
+    last = table.shape[0] - 1
+    for c in range(len(elapsed)):
+        i = min(max(int(elapsed[c] * scale), 0), last)
+        for h in range(q_all.shape[1]):
+            q_all[j, h] = 1.0 - table[i, h]
+        j += 1
+    return j
+
+
+@njit(cache=True, nogil=True)
 def exact_first_over(need: int, rate: float, p: float,
                      ringing: np.ndarray, ring_scale: float, ring_now: np.ndarray, ring_gain: np.ndarray,
                      on_call: np.ndarray, talk_scale: float, talk_sq: np.ndarray,
@@ -172,18 +186,8 @@ def exact_first_over(need: int, rate: float, p: float,
         for h in range(size):
             q_all[j, h] = min(ring_gain[i, h] * scale, 1.0)
         j += 1
-    last = talk_sq.shape[0] - 1
-    for c in range(len(on_call)):
-        i = min(max(int(on_call[c] * talk_scale), 0), last)
-        for h in range(size):
-            q_all[j, h] = 1.0 - talk_sq[i, h]
-        j += 1
-    last = wrap_sq.shape[0] - 1
-    for c in range(len(wrap_up)):
-        i = min(max(int(wrap_up[c] * wrap_scale), 0), last)
-        for h in range(size):
-            q_all[j, h] = 1.0 - wrap_sq[i, h]
-        j += 1
+    j = _not_free_rows(on_call, talk_scale, talk_sq, q_all, j)
+    j = _not_free_rows(wrap_up, wrap_scale, wrap_sq, q_all, j)
     # pmf[h, i] = P(i of the terms happen by horizon h), built term by term
     pmf = np.zeros((size, count + 1))
     for h in range(size):
