@@ -26,4 +26,9 @@ class AgentDesk(Protocol):
         """Put the screen-pop of the call being connected on the agent's screen (must not block)."""
 
     async def wrap_up(self, agent: Agent, call: CallAttempt) -> str | None:
-        """Return when the agent has finished after-call work, with their disposition (or None)."""
+        """Return when the agent has finished after-call work, with their disposition (or None).
+
+        A desk whose ``wrap_up`` always returns within a bound of its own says so with a class
+        attribute ``wrap_up_bounded = True`` (the agent API's ``[agents] wrap_up_timeout``, the
+        simulated agents); around any other the dialer sets a timeout of its own
+        (``engine.dialer.WRAP_UP_GUARD_S``), so that no desk can hold an agent in wrap-up forever."""

@@ -94,6 +94,7 @@ from engine.retry import next_attempt_at
 from engine.store.base import AbandonCounts, Caps, Reservation, Store, StoreUnavailable
 
 MAX_CALL_S = 4 * 3600.0  # a connected call with no end event this long is presumed lost
+WRAP_UP_GUARD_S = 3600.0  # a desk that does not bound its wrap-ups itself is cut off after this
 EVENT_GRACE_S = 30.0  # how late the PBX may be with an outcome before the call is presumed lost
 PACE_MIN_GAP_S = 0.1  # pacing decisions are at most this frequent
 MAX_LOOP_LAG_S = 0.2  # loop this late: events are queuing up, so dialling holds
@@ -235,6 +236,7 @@ class Dialer:
         self.store = store
         self.pbx = pbx
         self.desk = desk
+        self._wrap_up_bounded = getattr(desk, "wrap_up_bounded", False) is True  # see AgentDesk.wrap_up
         self.clock = clock
         self.plugins = plugins
         self.results = results
@@ -912,11 +914,14 @@ class Dialer:
     async def _wrap_up(self, agent: Agent, call: CallAttempt) -> None:
         self.pool.to_wrap_up(agent)
         started = self._loop.time()
-        try:
-            async with asyncio.timeout(3600.0):
-                call.disposition = await self.desk.wrap_up(agent, call)
-        except TimeoutError:
-            call.disposition = None
+        if self._wrap_up_bounded:  # the desk's own timeout (a second one would only cost a timer a call)
+            call.disposition = await self.desk.wrap_up(agent, call)
+        else:
+            try:
+                async with asyncio.timeout(WRAP_UP_GUARD_S):
+                    call.disposition = await self.desk.wrap_up(agent, call)
+            except TimeoutError:
+                call.disposition = None
         wrap = self._loop.time() - started
         self.counters.wrap_s += wrap
         self.estimates.observe_wrap(wrap)

@@ -16,6 +16,8 @@ from engine.pbx.sim import SimBackend
 class SimDesk:
     """An ``engine.desk.AgentDesk`` played by a model of agents."""
 
+    wrap_up_bounded = True  # a wrap-up lasts the time drawn for it (``AgentDesk.wrap_up``)
+
     def __init__(self, agents: AgentModel, customers: CustomerModel, backend: SimBackend | Any,
                  rng: np.random.Generator) -> None:
         self.a = agents

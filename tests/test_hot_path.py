@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -419,3 +420,25 @@ def test_the_memory_stores_queue_gives_the_order_of_one_heap():
                 expected.append(due)
             assert queue.first() == (heap[0] if heap else None)
         assert taken == expected
+
+
+@pytest.mark.parametrize("bounded", [True, False])
+def test_the_dialer_guards_only_the_wrap_ups_a_desk_does_not_bound(monkeypatch, bounded):
+    """A desk that bounds its own wrap-ups (``wrap_up_bounded``) gets no second timeout; any other is cut
+    off after ``WRAP_UP_GUARD_S`` (the agent then goes on with no disposition)."""
+    import engine.dialer as dialer_module
+    from simulations.agents import SimDesk
+
+    async def long_wrap_up(self: Any, agent: Any, call: Any) -> str:
+        await asyncio.sleep(20.0)
+        return "sale"
+
+    monkeypatch.setattr(SimDesk, "wrap_up", long_wrap_up)
+    monkeypatch.setattr(SimDesk, "wrap_up_bounded", bounded)
+    monkeypatch.setattr(dialer_module, "WRAP_UP_GUARD_S", 10.0)
+    cfg = campaign(retry={"max_attempts": 1})
+    dialer, summary, store = run_virtual(run_script(cfg, {"L1": human(talk=5)}))
+    assert summary["connected"] == 1 and dialer._wrap_up_bounded is bounded
+    [row] = run_virtual(store.results(cfg.id))
+    assert row["disposition"] == ("sale" if bounded else None)
+    assert summary["wrap_s"] == pytest.approx(20.0 if bounded else 10.0)

@@ -105,6 +105,8 @@ class ApiDesk:
     store and audit log. ``run`` (the dialer's agent-desk task) serves the API until cancelled.
     """
 
+    wrap_up_bounded = True  # ``[agents] wrap_up_timeout`` (at most 30 min) ends every wrap-up
+
     def __init__(self, cfg: CampaignConfig, roster: Roster, *, host: str | None = None,
                  port: int | None = None) -> None:
         self.cfg = cfg
