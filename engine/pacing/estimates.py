@@ -321,6 +321,10 @@ class Estimates:
         elapsed wrap-up bin of ``WRAP_BIN``: P(free within each horizon), its square alongside), refreshed
         as ``free_sums`` refreshes them, the wrap-up one at least ``wrap_rows`` rows deep: for the compiled
         decision (``engine.pacing.kernel``), which sums the rows itself."""
+        key = self._free_key  # ``_stale``'s usual answer first, inline: asked at every decision
+        if (key is not None and horizons is key[0] and self.talk.n < key[2][0] and self.wrap.n < key[2][1]
+                and wrap_rows <= self._wrap_rows):
+            return self._free_sq
         self._free_tables(horizons, wrap_rows)
         return self._free_sq
 
@@ -328,6 +332,9 @@ class Estimates:
         """What ``answered_sums`` works from, by elapsed ring bin of ``RING_BIN`` seconds: the ring-time CDF
         at the bin, and its gain over each horizon (refreshed as ``answered_sums`` refreshes it): for the
         compiled decision, which scales them by the answer rate itself, as ``_answer_table`` does."""
+        key = self._ring_key
+        if key is not None and horizons is key[0] and self.ring.n < key[2][0]:
+            return self._ring
         return self._ring_tables(horizons)
 
     def answered_sums(self, ring_elapsed: np.ndarray, horizons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -300,11 +300,11 @@ class PredictivePacer:
         tables, refreshed exactly when the reference path (``parts``, ``_exact_risks``) refreshes them."""
         est = snap.estimates
         horizons, weight, ring_cdf, agent_horizons = self._grid(snap)
-        ringing = np.asarray(snap.ringing, dtype=float) if snap.ringing else _NONE
+        ringing = np.fromiter(snap.ringing, float, len(snap.ringing)) if snap.ringing else _NONE
         ring_now, ring_gain = est.ring_tables(horizons) if snap.ringing else (_NONE, _NO_TABLE)
         talk_sq = wrap_sq = _NO_TABLE
-        on_call = np.asarray(snap.on_call, dtype=float) if snap.on_call else _NONE
-        wrap_up = np.asarray(snap.wrap_up, dtype=float) if snap.wrap_up else _NONE
+        on_call = np.fromiter(snap.on_call, float, len(snap.on_call)) if snap.on_call else _NONE
+        wrap_up = np.fromiter(snap.wrap_up, float, len(snap.wrap_up)) if snap.wrap_up else _NONE
         if snap.on_call or snap.wrap_up:
             wrap_rows = int(max(snap.wrap_up) * (1.0 / WRAP_BIN)) + 1 if snap.wrap_up else 0
             talk_sq, wrap_sq = est.free_sq_tables(agent_horizons, wrap_rows)
