@@ -45,18 +45,27 @@ def _sf(z: float) -> float:  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
+def _bin(elapsed: float, scale: float, last: int) -> int:  # pragma: no cover - compiled
+    """The table row of an elapsed time (``elapsed * scale``), clipped to the table as ``take(mode="clip")``
+    clips."""
+    return min(max(int(elapsed * scale), 0), last)
+
+
+@njit(cache=True, nogil=True)
+def _answer_scale(rate: float, ring_now: float) -> float:  # pragma: no cover - compiled
+    """What a ringing call's ring-time gain is scaled by to give P(answered needing an agent): a call that
+    has rung a while unanswered is less likely to be answered at all (``Estimates._answer_table``)."""
+    return rate / max(1.0 - rate * ring_now, 1e-9)
+
+
+@njit(cache=True, nogil=True)
 def _row_sums(elapsed: np.ndarray, scale: float, table: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
     """Add to ``out`` the table's row of each elapsed time (its bin: ``elapsed * scale``, clipped to the
     table, as ``take(mode="clip")`` does)."""
     last = table.shape[0] - 1
-    width = len(out)  # the table's width, or its first half when only the sums are wanted
     for c in range(len(elapsed)):
-        i = int(elapsed[c] * scale)
-        if i > last:
-            i = last
-        elif i < 0:
-            i = 0
-        for h in range(width):
+        i = _bin(elapsed[c], scale, last)
+        for h in range(len(out)):
             out[h] += table[i, h]
 
 
@@ -103,13 +112,8 @@ def normal_first_over(base: float, noise: float, rate: float, p: float, var_p: f
         sq = np.zeros(size)
         last = len(ring_now) - 1
         for c in range(len(ringing)):
-            i = int(ringing[c] * ring_scale)
-            if i > last:
-                i = last
-            elif i < 0:
-                i = 0
-            # A call that has rung a while unanswered is less likely to be answered at all.
-            scale = rate / max(1.0 - rate * ring_now[i], 1e-9)
+            i = _bin(ringing[c], ring_scale, last)
+            scale = _answer_scale(rate, ring_now[i])
             for h in range(size):
                 a = min(ring_gain[i, h] * scale, 1.0)
                 s[h] += a
@@ -155,7 +159,7 @@ def _not_free_rows(elapsed: np.ndarray, scale: float, table: np.ndarray, q_all: 
     P(free) by elapsed bin; returns the next row."""
     last = table.shape[0] - 1
     for c in range(len(elapsed)):
-        i = min(max(int(elapsed[c] * scale), 0), last)
+        i = _bin(elapsed[c], scale, last)
         for h in range(q_all.shape[1]):
             q_all[j, h] = 1.0 - table[i, h]
         j += 1
@@ -181,8 +185,8 @@ def exact_first_over(need: int, rate: float, p: float,
     j = 0
     last = len(ring_now) - 1
     for c in range(len(ringing)):
-        i = min(max(int(ringing[c] * ring_scale), 0), last)
-        scale = rate / max(1.0 - rate * ring_now[i], 1e-9)
+        i = _bin(ringing[c], ring_scale, last)
+        scale = _answer_scale(rate, ring_now[i])
         for h in range(size):
             q_all[j, h] = min(ring_gain[i, h] * scale, 1.0)
         j += 1
