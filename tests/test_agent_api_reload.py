@@ -75,6 +75,15 @@ async def reloaded(f: Floor, before: int) -> None:
     raise AssertionError("the roster was not reloaded")
 
 
+async def until(condition: Any) -> None:
+    """Until ``condition()`` holds (a guard against a hang, not a measurement)."""
+    for _ in range(int(EVENT_WAIT_S / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the condition never held")
+
+
 async def until_closed(ws: aiohttp.ClientWebSocketResponse) -> tuple[list[dict[str, Any]], int | None, str]:
     """Every event up to the close, then its code and reason."""
     events = []
@@ -152,10 +161,7 @@ async def test_a_new_agent_whose_phone_misses_the_login_is_logged_in_again_until
         before = f.desk.server.reloads
         rewrite(path, ROSTER + f"\nA3:agent:{A3_TOKEN}\n")
         await reloaded(f, before)
-        for _ in range(int(EVENT_WAIT_S / 0.02)):
-            if "A3" not in f.dialer.pool.no_session:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: "A3" not in f.dialer.pool.no_session)
         assert tries.count("A3") == 3 and "A3" not in f.dialer.pool.no_session
         assert f.desk._logins == {}  # the task that tried again is done
         await a3_takes_the_call(f)  # and the agent takes calls, no restart
@@ -176,16 +182,15 @@ async def test_logins_tried_again_stop_with_the_shift_or_when_the_agent_leaves(t
         before = f.desk.server.reloads
         rewrite(path, ROSTER + f"\nA3:agent:{A3_TOKEN}\nA4:agent:{'a4-token-' + 'x' * 16}\n")
         await reloaded(f, before)
-        await asyncio.sleep(0.3)
-        assert tries.count("A3") > 2 and set(f.desk._logins) == {"A2", "A3", "A4"}
+        await until(lambda: tries.count("A3") >= 3 and tries.count("A4") >= 3)  # tried again and again
+        assert set(f.desk._logins) == {"A2", "A3", "A4"}
         before = f.desk.server.reloads
         rewrite(path, ROSTER + f"\nA4:agent:{'a4-token-' + 'x' * 16}\n")  # A3 leaves the roster
         await reloaded(f, before)
-        await asyncio.sleep(0.2)
-        assert set(f.desk._logins) == {"A2", "A4"}
-        stopped_at = tries.count("A3")
-        await asyncio.sleep(0.2)
-        assert tries.count("A3") == stopped_at and tries.count("A4") > stopped_at - 2
+        await until(lambda: "A3" not in f.desk._logins)  # its next try finds it gone, and stops
+        stopped_at, a4_at = tries.count("A3"), tries.count("A4")
+        await until(lambda: tries.count("A4") >= a4_at + 3)  # A4 still tried; A3 no more
+        assert tries.count("A3") == stopped_at and set(f.desk._logins) == {"A2", "A4"}
         task = f.desk._logins["A4"]
         await f.stop()
     assert task.done() and f.desk._logins == {}
