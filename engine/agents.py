@@ -18,6 +18,11 @@ from collections.abc import Callable, Iterable
 
 from engine.models import Agent, AgentState
 
+# The states read on every dial, bound once: in Python 3.11 each ``AgentState.READY`` goes through the enum
+# metaclass's ``__getattr__`` hook (about 70 ns), and the pool changes an agent's state three times a call.
+_READY, _ON_CALL, _WRAP_UP = AgentState.READY, AgentState.ON_CALL, AgentState.WRAP_UP
+_PREVIEWING, _PAUSED = AgentState.PREVIEWING, AgentState.PAUSED
+
 _ALLOWED: dict[AgentState, frozenset[AgentState]] = {
     AgentState.LOGGED_OUT: frozenset({AgentState.READY, AgentState.PAUSED}),
     AgentState.READY: frozenset({AgentState.PREVIEWING, AgentState.ON_CALL, AgentState.PAUSED,
@@ -172,14 +177,14 @@ class AgentPool:
                 self._move(agent, AgentState.PAUSED)
             self._session_paused.add(agent.agent_id)
             return
-        if agent.state != AgentState.READY:
-            self._move(agent, AgentState.READY)
+        if agent.state is not _READY:
+            self._move(agent, _READY)
         group = self.group_of[agent.agent_id]
         waiters = self._waiters[group]
         while waiters:
             waiter = waiters.popleft()
             if not waiter.done():
-                self._move(agent, AgentState.ON_CALL)
+                self._move(agent, _ON_CALL)
                 waiter.set_result(agent)
                 return
         self._ready[group][agent.agent_id] = agent
@@ -200,21 +205,21 @@ class AgentPool:
     def start_preview(self, group: str = "", prefer: str | None = None) -> Agent | None:
         """An agent to show a lead to (preview mode): ``prefer`` (e.g. the agent a follow-up belongs
         to) when they are ready, else the longest idle."""
-        return self._take(group, AgentState.PREVIEWING, prefer)
+        return self._take(group, _PREVIEWING, prefer)
 
     def end_preview(self, agent: Agent) -> None:
         self.make_ready(agent)
 
     def take_ready(self, group: str = "", prefer: str | None = None) -> Agent | None:
         """An agent for an answered call, at once (``prefer`` first when ready)."""
-        return self._take(group, AgentState.ON_CALL, prefer)
+        return self._take(group, _ON_CALL, prefer)
 
     def to_call(self, agent: Agent) -> None:
         """A previewing agent's own call was answered."""
-        self._move(agent, AgentState.ON_CALL)
+        self._move(agent, _ON_CALL)
 
     def to_wrap_up(self, agent: Agent) -> None:
-        self._move(agent, AgentState.WRAP_UP)
+        self._move(agent, _WRAP_UP)
 
     def return_unused(self, agent: Agent) -> None:
         """An agent handed to a call that ended before the bridge goes straight back, without wrap-up."""
@@ -227,27 +232,44 @@ class AgentPool:
         ``prefer`` is taken when ready; the customer never waits for them while someone else is
         free. The caller may pass the ``waiter`` future and resolve it with None itself to give up
         early (the customer hung up while waiting).
+
+        The limit is one timer that cancels the shielded wait, what ``asyncio.timeout`` does without its
+        context manager and its cancellation of the task: the task wakes in the same steps as under a timeout,
+        so the simulator's runs keep their order of events. A cancellation of the task itself (its
+        ``cancelling()`` count up) is not the limit and goes on up.
         """
         agent = self.take_ready(group, prefer)
         if agent is not None:
             return agent
+        loop = asyncio.get_running_loop()
         if waiter is None:
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = loop.create_future()
         self._waiters[group].append(waiter)
+        shielded = asyncio.shield(waiter)
+        timer = loop.call_later(limit, shielded.cancel)
         try:
-            async with asyncio.timeout(limit):
-                return await asyncio.shield(waiter)
-        except TimeoutError:
-            # An agent may have been handed over in the same instant the limit ran out.
+            return await shielded
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                self._give_back(waiter)
+                raise
+            # The limit. An agent may have been handed over in the same instant it ran out.
             if waiter.done() and not waiter.cancelled():
                 return waiter.result()
             waiter.cancel()
             return None
         except BaseException:
-            if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
-                self.return_unused(waiter.result())
-            waiter.cancel()
+            self._give_back(waiter)
             raise
+        finally:
+            timer.cancel()
+
+    def _give_back(self, waiter: asyncio.Future[Agent | None]) -> None:
+        """An answer that stops waiting for its own reasons: an agent already handed to it goes back."""
+        if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+            self.return_unused(waiter.result())
+        waiter.cancel()
 
     # -- figures ------------------------------------------------------------------------
 
@@ -262,6 +284,15 @@ class AgentPool:
         now = self._clock()
         agents = self.by_state[state] if group is None else self._by_group[group][state]
         return tuple([now - a.since for a in agents.values()])
+
+    def pacing_view(self, group: str, now: float) -> tuple[int, tuple[float, ...], tuple[float, ...], int, int]:
+        """What a pacing snapshot takes from one group at ``now``, in one call (one is made per decision):
+        agents ready, elapsed seconds of each agent on a call and of each in wrap-up (as ``elapsed``),
+        agents previewing, agents paused."""
+        states = self._by_group[group]
+        return (len(states[_READY]), tuple([now - a.since for a in states[_ON_CALL].values()]),
+                tuple([now - a.since for a in states[_WRAP_UP].values()]), len(states[_PREVIEWING]),
+                len(states[_PAUSED]))
 
     def totals(self) -> dict[AgentState, float]:
         """Seconds spent in each state by the whole team, up to now."""

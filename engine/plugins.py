@@ -189,7 +189,7 @@ class FastHook:
     implementations changed, the call goes through pluggy itself.
     """
 
-    __slots__ = ("_caller", "_firstresult", "_name", "_plan", "_pm", "_seen", "_usable")
+    __slots__ = ("_caller", "_firstresult", "_name", "_plan", "_pm", "_seen")
 
     def __init__(self, pm: pluggy.PluginManager, name: str) -> None:
         self._pm, self._name = pm, name
@@ -198,8 +198,6 @@ class FastHook:
         self._firstresult = bool(spec.opts.get("firstresult", False)) if spec is not None else False
         self._seen: list[Any] | None = None
         self._plan: list[tuple[Any, Any]] | None = None
-        self._usable = _multicall is not None and hasattr(self._caller, "_hookimpls") \
-            and hasattr(pm, "_inner_hookexec")
 
     def _current_plan(self) -> list[tuple[Any, Any]] | None:
         impls = getattr(self._caller, "_hookimpls", None)
@@ -212,23 +210,26 @@ class FastHook:
         return self._plan
 
     def __call__(self, **kwargs: Any) -> Any:
-        caller = self._caller
-        if caller is None:
-            return getattr(self._pm.hook, self._name)(**kwargs)
-        if self._usable and caller._hookimpls == self._seen and self._pm._inner_hookexec is _multicall:
-            plan = self._plan
-        else:
+        # A plan is only ever made with pluggy's own call loop in place (``_current_plan``); it stands while
+        # that loop and the registered implementations do. (Four hooks a dial: the checks are kept few.)
+        plan = self._plan
+        if plan is None or self._caller._hookimpls != self._seen or self._pm._inner_hookexec is not _multicall:
             plan = self._current_plan()
-        if plan is None:
-            return caller(**kwargs)
+            if plan is None:
+                caller = self._caller
+                return (caller if caller is not None else getattr(self._pm.hook, self._name))(**kwargs)
+        if self._firstresult:
+            for function, arguments in plan:
+                r = function(*arguments(kwargs))
+                if r is not None:
+                    return r
+            return None
         results = []
         for function, arguments in plan:
             r = function(*arguments(kwargs))
             if r is not None:
-                if self._firstresult:
-                    return r
                 results.append(r)
-        return None if self._firstresult else results
+        return results
 
 
 def _arguments(argnames: tuple[str, ...]) -> Any:

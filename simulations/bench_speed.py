@@ -64,10 +64,12 @@ def import_engine() -> float:
     import engine.dialer
     import engine.logs
     import engine.pacing.kernel
+    import engine.plugins
     import simulations.baselines
     import simulations.runner  # noqa: F401
 
     engine.pacing.kernel.warm_up()  # the compiled decision loaded (or compiled, once per machine)
+    engine.plugins.make_plugin_manager()  # the installed plugins imported (the compliance rules: phonenumbers)
     return time.perf_counter() - started
 
 

@@ -48,18 +48,15 @@ class _Handle(events.Handle):
     __slots__ = ()
 
     def __init__(self, callback: Any, args: Any, loop: Any, context: Any = None) -> None:
-        _fill(self, callback, args, loop, context)
-
-
-def _fill(handle: events.Handle, callback: Any, args: Any, loop: Any, context: Any) -> None:
-    """A handle's fields as ``events.Handle.__init__`` sets them, less its debug query."""
-    handle._context = contextvars.copy_context() if context is None else context
-    handle._loop = loop
-    handle._callback = callback
-    handle._args = args
-    handle._cancelled = False
-    handle._repr = None
-    handle._source_traceback = None
+        # The fields as ``events.Handle.__init__`` sets them, less its debug query; written out here and
+        # in ``_TimerHandle`` rather than shared through a helper: ten handles a dial, one call less each.
+        self._context = contextvars.copy_context() if context is None else context
+        self._loop = loop
+        self._callback = callback
+        self._args = args
+        self._cancelled = False
+        self._repr = None
+        self._source_traceback = None
 
 
 class _TimerHandle(events.TimerHandle):
@@ -69,7 +66,13 @@ class _TimerHandle(events.TimerHandle):
     __slots__ = ()
 
     def __init__(self, when: float, callback: Any, args: Any, loop: Any, context: Any = None) -> None:
-        _fill(self, callback, args, loop, context)
+        self._context = contextvars.copy_context() if context is None else context  # as in ``_Handle``
+        self._loop = loop
+        self._callback = callback
+        self._args = args
+        self._cancelled = False
+        self._repr = None
+        self._source_traceback = None
         self._when = when
         self._scheduled = False
 
@@ -110,6 +113,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self._timer_seq = itertools.count()
         self._since_poll = 0
         self._scheduled: list[tuple[float, int, events.TimerHandle]] = []  # type: ignore[assignment]
+        self._fd_map = self._selector.get_map()  # a live view of the watched file descriptors
 
     def call_at(self, when: float, callback: Any, *args: Any, context: Any = None) -> events.TimerHandle:
         if self._debug:
@@ -191,11 +195,12 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             self._since_poll += 1
             if self._since_poll >= IO_POLL_EVERY:
                 self._poll_io()
-        elif heap and self._since_poll < IO_POLL_EVERY and len(self._selector.get_map()) <= 1:
+        elif heap and self._since_poll < IO_POLL_EVERY and len(self._fd_map) <= 1:
             # Nothing to watch but the loop's own wake-up pipe (a simulation opens no socket): the clock
             # moves on without a poll, and the pipe is looked at every IO_POLL_EVERY iterations as above.
+            # (``advance``, inlined: the step is never negative.)
             self._since_poll += 1
-            self.advance(min(max(0.0, heap[0][0] - self._virtual_now), _MAX_STEP))
+            self._virtual_now += min(max(0.0, heap[0][0] - self._virtual_now), _MAX_STEP)
         elif not self._poll_io():
             if not heap:
                 raise VirtualTimeDeadlock("virtual-time loop has nothing scheduled: every task is waiting forever")

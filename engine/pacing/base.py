@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from engine.models import slot_init
 from engine.pacing.estimates import Estimates
 
 
+@slot_init  # one per pacing decision
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """The state of one campaign at one instant, as the pacer needs it."""
@@ -39,6 +41,7 @@ class Snapshot:
         return self.ready + self.previewing + len(self.on_call) + len(self.wrap_up)
 
 
+@slot_init  # one per pacing decision
 @dataclass(frozen=True, slots=True)
 class Decision:
     """How many customer calls to start now, and (preview mode) how many agents to hand a lead."""

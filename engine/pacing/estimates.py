@@ -247,9 +247,22 @@ class Estimates:
             self._free_sq = (np.hstack((talk_q, talk_q * talk_q)), self._free_sq[1])
             self._wrap_horizons = horizons
             self._make_wrap_rows(max(self._wrap_rows, WRAP_ROWS, wrap_rows))
-        elif wrap_rows > self._wrap_rows:
-            self._make_wrap_rows(max(wrap_rows, 2 * self._wrap_rows))
+        else:
+            self._free_key = self._rekeyed(self._free_key, horizons)
+            if wrap_rows > self._wrap_rows:
+                self._make_wrap_rows(max(wrap_rows, 2 * self._wrap_rows))
         return self._free
+
+    @staticmethod
+    def _rekeyed(key: _TableKey | None, horizons: np.ndarray) -> _TableKey | None:
+        """A fresh table's key, made to name ``horizons`` (an array equal to the one it was built for) as
+        its horizons: the pacer makes a new array of the same horizons each time it rebuilds its grid,
+        and without this every later decision took the slow way through ``_stale`` (a bytes comparison)
+        until the table itself was rebuilt, rather than the identity check of ``free_sq_tables`` and
+        ``ring_tables``. The table and when it goes stale are unchanged."""
+        if key is None or key[0] is horizons:
+            return key
+        return horizons, key[1], key[2]
 
     def _make_wrap_rows(self, rows: int) -> None:
         """The wrap-up table (and the one with its squares alongside) made ``rows`` rows deep, or whole.
@@ -284,6 +297,8 @@ class Estimates:
             re_ = np.arange(0.0, self.ring.edges[-1] + RING_BIN, RING_BIN) + RING_BIN / 2
             f_now = self.ring.cdf(re_)
             self._ring = (f_now, self.ring.cdf(re_[:, None] + horizons[None, :]) - f_now[:, None])
+        else:
+            self._ring_key = self._rekeyed(self._ring_key, horizons)
         return self._ring
 
     def free_within(self, talk_elapsed: np.ndarray, wrap_elapsed: np.ndarray,

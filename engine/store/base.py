@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from engine.clock import iso
-from engine.models import CallAttempt, CallResult, Lead, Outcome, Veto, mask_phone
+from engine.models import CallAttempt, CallResult, Lead, Outcome, Veto, mask_phone, slot_init
 
 
 class StoreUnavailable(Exception):
@@ -31,6 +31,7 @@ class Caps:
     lock_s: float = 180.0  # in-flight lock on the number; frees itself if a node dies
 
 
+@slot_init  # one per dial
 @dataclass(frozen=True, slots=True)
 class DialContext:
     """Everything the pre-dial hooks may decide on, loaded in one round trip."""
@@ -56,6 +57,7 @@ class Reservation:
     reason: str = ""
 
 
+@slot_init  # one per window at most pacing decisions
 @dataclass(frozen=True, slots=True)
 class AbandonCounts:
     """Campaign-wide counts over one regulatory window."""

@@ -13,7 +13,7 @@ import itertools
 import math
 import operator
 from collections import defaultdict, deque
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import fields, replace
 from typing import Any
 
@@ -87,22 +87,23 @@ class _Queue:
             source.popleft()
         return first
 
-    def due(self, now: float) -> Iterator[str]:
-        """The lead ids of the entries due at ``now`` (key: a time), taken in order; entries pushed
-        meanwhile are taken in their turn. (``pop(now)`` in a loop, written out: every claim runs it.)"""
-        heap, runs = self._heap, self._runs.values()
-        while True:
-            first, source = (heap[0] if heap else None), None
-            for run in runs:
-                if run and (first is None or run[0] < first):
-                    first, source = run[0], run
-            if first is None or first[0] > now:
-                return
-            if source is None:
-                heapq.heappop(heap)
-            else:
-                source.popleft()
-            yield first[2]
+    def due(self, now: float) -> list[str]:
+        """The lead ids of the entries due at ``now`` (key: a time), taken, in order: what ``pop(now)`` in
+        a loop gives, for less (every claim runs it). Each source's due entries come out in order (a FIFO's
+        from its front, the heap's as popped), so one sort of them all, which merges those runs, gives the
+        order of one heap (entries are never equal: their seqs differ)."""
+        heap, taken, sources = self._heap, [], 0
+        while heap and heap[0][0] <= now:
+            taken.append(heapq.heappop(heap))
+        sources += bool(taken)
+        for run in self._runs.values():
+            if run and run[0][0] <= now:
+                sources += 1
+                while run and run[0][0] <= now:
+                    taken.append(run.popleft())
+        if sources > 1:
+            taken.sort()
+        return [entry[2] for entry in taken]
 
 
 class MemoryStore:
@@ -128,6 +129,10 @@ class MemoryStore:
         self._recent: dict[int, deque[float]] = defaultdict(deque)  # number index -> dial times
         self._last_abandon: dict[int, float] = {}
         self._abandon_buckets: dict[str, dict[int, list[int]]] = defaultdict(dict)
+        # Per campaign: [first bucket, last bucket, abandoned, live] over all its buckets, so that a window
+        # holding them all (the pacer asks every 30 s, and a shift is shorter than its windows) is answered
+        # without summing the buckets one by one.
+        self._abandon_span: dict[str, list[int]] = {}
         self._results: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self._history: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         self._blocks: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -299,6 +304,13 @@ class MemoryStore:
         return len(times)
 
     async def dial_context(self, lead: Lead, *, now: float, day_key: str) -> DialContext:
+        return self._dial_context(lead, now, day_key)
+
+    # The per-lead work of ``dial_context`` and ``reserve_attempt`` as plain methods, which the burst
+    # versions (``dial_contexts``, ``reserve_attempts``) call directly: nothing here waits, and a
+    # coroutine per lead and per call was most of what a burst cost beyond the work itself.
+
+    def _dial_context(self, lead: Lead, now: float, day_key: str) -> DialContext:
         number = self._number(lead.phone)
         return DialContext(
             lead=lead,
@@ -315,6 +327,9 @@ class MemoryStore:
 
     async def reserve_attempt(self, call: CallAttempt, *, now: float, day_key: str, caps: Caps,
                               node_id: str) -> Reservation:
+        return self._reserve_attempt(call, now, day_key, caps)
+
+    def _reserve_attempt(self, call: CallAttempt, now: float, day_key: str, caps: Caps) -> Reservation:
         lead = call.lead
         number = self._number(lead.phone)
         stored = self._leads[(lead.campaign_id, lead.lead_id)]
@@ -348,8 +363,7 @@ class MemoryStore:
     async def dial_contexts(self, leads: Sequence[Lead], *, now: float,
                             day_keys: Sequence[str]) -> list[DialContext]:
         """One ``dial_context`` after the other: nothing here waits, so a burst costs what its leads do."""
-        return [await self.dial_context(lead, now=now, day_key=day_key)
-                for lead, day_key in zip(leads, day_keys, strict=True)]
+        return [self._dial_context(lead, now, day_key) for lead, day_key in zip(leads, day_keys, strict=True)]
 
     async def reserve_attempts(self, calls: Sequence[CallAttempt], *, now: float, day_keys: Sequence[str],
                                caps: Caps, node_id: str) -> list[Reservation]:
@@ -359,7 +373,7 @@ class MemoryStore:
             if (call.lead.campaign_id, call.lead.lead_id) not in self._leads:
                 out.append(Reservation(False, "unknown_lead", f"unknown lead {call.lead.lead_id!r}"))
                 continue
-            out.append(await self.reserve_attempt(call, now=now, day_key=day_key, caps=caps, node_id=node_id))
+            out.append(self._reserve_attempt(call, now, day_key, caps))
         return out
 
     async def read_and_reserve(self, calls: Sequence[CallAttempt], *, now: float, day_keys: Sequence[str],
@@ -412,10 +426,15 @@ class MemoryStore:
         self._results[call.campaign_id].append(row)
         self._history[key].append(row)
         if live:
-            bucket = self._abandon_buckets[call.campaign_id].setdefault(abandon_bucket(now), [0, 0])
+            minute = abandon_bucket(now)
+            bucket = self._abandon_buckets[call.campaign_id].setdefault(minute, [0, 0])
+            span = self._abandon_span.setdefault(call.campaign_id, [minute, minute, 0, 0])
+            span[0], span[1] = min(span[0], minute), max(span[1], minute)
             bucket[1] += 1
+            span[3] += 1
             if abandoned:
                 bucket[0] += 1
+                span[2] += 1
                 self._last_abandon[number] = now
         if invalid_number:
             self._invalid.add(number)
@@ -428,6 +447,9 @@ class MemoryStore:
 
     async def abandon_counts(self, campaign_id: str, *, since: float, now: float) -> AbandonCounts:
         first, last = abandon_bucket(since), abandon_bucket(now)
+        span = self._abandon_span.get(campaign_id)
+        if span is not None and first <= span[0] and span[1] <= last:
+            return AbandonCounts(span[2], span[3])  # the window holds every bucket: the running totals
         abandoned = live = 0
         for bucket, (a, n) in self._abandon_buckets.get(campaign_id, {}).items():
             if first <= bucket <= last:

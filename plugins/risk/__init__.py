@@ -29,6 +29,8 @@ def _words(value: Any) -> tuple[str, ...]:
 @hookimpl
 def dialer_risk_alerts(ctx: Any, campaign: Any) -> list[Alert] | None:
     attrs = ctx.lead.attributes
+    if not attrs:
+        return None  # nothing flagged (most leads): what the checks below find too, without parsing
     alerts = []
     words = _words(attrs.get(campaign.risk.sensitive_words_attribute))
     if _truthy(attrs.get("complained")):
