@@ -66,6 +66,12 @@ class PacingSection(_Section):
     preview_timeout: Duration = Field(default=60.0, gt=0)
     initial_answer_rate: float = Field(default=0.25, gt=0, le=1)
     drain_timeout: Duration = Field(default=600.0, ge=0)
+    # Reserve a few leads before the pacer asks for them (engine/hopper.py), so that a decision's dials
+    # wait only for the compliance gate, not for the store. Unset: on with a store that has a round trip
+    # (Redis), off in memory. ``reserve_ahead_max_age``: how old a reserved lead's context may be when
+    # it is dialled; older ones are given back.
+    reserve_ahead: bool | None = None
+    reserve_ahead_max_age: Duration = Field(default=1.0, gt=0, le=10)
 
 
 class AbandonSection(_Section):

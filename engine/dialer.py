@@ -16,9 +16,12 @@ Steps 2 and 3 are taken for a whole burst at once (``Dialer._dial_burst``): the
 pacer hands out several dials per decision, and their contexts are read in one
 call to the store and their reservations made in one more (each reservation as
 atomic as alone), so a burst costs a constant number of round trips to Redis
-rather than two per call, each behind a busy event loop. Preview calls, where
-the agent reads the lead between the gate and the reservation, are decided one
-by one in their own task.
+rather than two per call, each behind a busy event loop. With a store that
+has a round trip (Redis), steps 1 to 3 but the gate are done ahead: a few leads
+are claimed, read and reserved before the pacer asks for them, and a decision
+dials from them with only the gate left (``engine.hopper``; ``Dialer._fill``).
+Preview calls, where the agent reads the lead between the gate and the
+reservation, are decided one by one in their own task.
 
 One ``asyncio.TaskGroup`` owns every task: the pacing loop, the agent desk and
 one task per call. Stopping is ordered: no new dials, a bounded drain of the
@@ -43,6 +46,7 @@ import itertools
 import logging
 import time
 from collections import deque
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -57,6 +61,7 @@ from engine.claim_order import ClaimOrder
 from engine.clock import Clock
 from engine.config import CampaignConfig
 from engine.desk import AgentDesk
+from engine.hopper import Ahead, Hopper
 from engine.kpi import Counters, summarize
 from engine.lanes import Lane, build_lanes
 from engine.models import (
@@ -142,9 +147,30 @@ def _iso_seconds(started: datetime, offset: timedelta | None) -> str:
     return started.isoformat(timespec="seconds")
 
 
+def _span(a: float | None, b: float | None) -> float | None:
+    """Seconds from ``a`` to ``b`` in a result (ms rounding), None unless both happened."""
+    return round(b - a, 3) if a is not None and b is not None else None
+
+
 _UNDECIDED = object()  # a call task that makes its own pre-dial decision (preview)
 _SKIPPED = Veto("skipped", "the agent skipped the lead in preview")  # released already: nothing more to do
 _LEASE_LOST = Veto("lease_lost", "another node dialled the lead after this node's lease lapsed")
+
+# The enum members the flow of a call reads at every step, bound once: in Python 3.11 each read of
+# ``CallState.RINGING`` goes through the enum metaclass's ``__getattr__`` hook (about 70 ns), and a call
+# made some forty of them.
+_ORIGINATING, _RINGING, _ENDED = CallState.ORIGINATING, CallState.RINGING, CallState.ENDED
+_ANSWERED_HUMAN, _ANSWERED_MACHINE = CallState.ANSWERED_HUMAN, CallState.ANSWERED_MACHINE
+_RINGS = (CallState.ORIGINATING, CallState.RINGING)  # dialled, not answered yet
+_ANSWERS = (CallState.ANSWERED_HUMAN, CallState.ANSWERED_MACHINE)  # answered, not connected yet
+_HELD = (CallState.ANSWERED_HUMAN, CallState.ANSWERED_MACHINE, CallState.ABANDONED)  # answered, nobody on it
+_MACHINE, _WRAP_UP = AnswerKind.MACHINE, AgentState.WRAP_UP
+_ABANDONED, _CONNECTED, _MACHINE_OUTCOME = Outcome.ABANDONED, Outcome.CONNECTED, Outcome.MACHINE
+_CUSTOMER_HANGUP, _CANCELLED = Outcome.CUSTOMER_HANGUP, Outcome.CANCELLED
+_INVALID_NUMBER, _UNKNOWN = Outcome.INVALID_NUMBER, Outcome.UNKNOWN
+
+
+_RESERVED_AHEAD = Reservation(ok=True)
 
 
 def _verdict(res: Reservation, wall: float) -> Veto | None:
@@ -280,6 +306,7 @@ class Dialer:
         self._stop = asyncio.Event()
         self._woken = False  # nudged since the last pacing decision
         self._wake_waiter: asyncio.Future[None] | None = None  # the pacing loop, waiting for a nudge
+        self._pause_timer: asyncio.TimerHandle | None = None  # the pacing loop's pause (``_pause``)
         self._lag_timer: asyncio.TimerHandle | None = None
         self._idle = asyncio.Event()
         self._stopping = False
@@ -295,7 +322,12 @@ class Dialer:
         self._exhausted_due: float | None = None  # wall time the store said a lead comes due
         self.started_at = 0.0
         self.store_down = False
-        self.decision_times: deque[float] = deque(maxlen=100_000)  # per-dial gate + reservation, seconds
+        self.decision_times: deque[float] = deque(maxlen=100_000)  # per dial: the pacer's decision to its verdict
+        ahead = p.reserve_ahead if p.reserve_ahead is not None else getattr(store, "remote", False) is True
+        # lane -> its reserved leads (engine/hopper.py); empty without reservations ahead
+        self._hoppers: dict[str, Hopper] = {lane.name: Hopper(p.reserve_ahead_max_age) for lane in self.lanes
+                                            } if ahead else {}
+        self._fills: set[asyncio.Task[None]] = set()  # the hoppers' refills under way
         self.loop_lag = 0.0  # how late the event loop runs its timers (backpressure signal)
         self.summary: dict[str, Any] = {}
 
@@ -351,6 +383,8 @@ class Dialer:
                         async with asyncio.timeout(self.drain_timeout):
                             await asyncio.shield(self._burst_done)
                 pacing.cancel()
+                if self._hoppers:  # reserved ahead and not dialled: given back
+                    await self._empty_hoppers(pacing)
                 self.summary = self._summarize()  # the shift's figures, before the drain
                 # 2. bounded drain of the calls in flight
                 if self._tasks:
@@ -393,32 +427,44 @@ class Dialer:
         while not self._stopping:  # also ends a loop whose cancel a store timeout swallowed (3.11)
             self._woken = False
             await self._pace_once()
-            await asyncio.sleep(gap)
-            if not self._woken:
-                await self._nudge_or_timeout(interval - gap)
+            await self._pause(gap, interval - gap)
 
-    async def _nudge_or_timeout(self, seconds: float) -> None:
-        """Wait for ``nudge()``, at most ``seconds``: one future and one timer, no exception."""
-        waiter = self._wake_waiter = self._loop.create_future()
-        timer = self._loop.call_later(seconds, _time_up, waiter)
+    async def _pause(self, gap: float, longest: float) -> None:
+        """``gap`` seconds; then, unless nudged meanwhile, until ``nudge()`` or ``longest`` seconds more.
+
+        One future, no exception: the end of the gap is a timer callback (``_gap_over``) that either
+        wakes the loop (nudged during the gap) or hands the future to ``nudge()`` and sets the longer
+        timer, so the loop's task wakes once per pause rather than at the gap and again after it
+        (tens of thousands of pauses a shift)."""
+        waiter = self._loop.create_future()
+        self._pause_timer = self._loop.call_later(gap, self._gap_over, waiter, longest)
         try:
             await waiter
         finally:
-            timer.cancel()
+            if self._pause_timer is not None:
+                self._pause_timer.cancel()
             self._wake_waiter = None
+
+    def _gap_over(self, waiter: asyncio.Future[None], longest: float) -> None:
+        if self._woken:
+            _time_up(waiter)
+        else:
+            self._wake_waiter = waiter
+            self._pause_timer = self._loop.call_later(longest, _time_up, waiter)
 
     def snapshot(self, lane: Lane | None = None) -> Snapshot:
         """What one lane's pacer decides on (the only lane when the campaign has one)."""
         lane = lane or self.lanes[0]
         now = self._loop.time()
-        pool, p, g = self.pool, self.cfg.pacing, lane.name
+        p, g = self.cfg.pacing, lane.name
+        ready, on_call, wrap_up, previewing, paused = self.pool.pacing_view(g, now)
         return Snapshot(
             now=now,
-            ready=pool.count(AgentState.READY, g),
-            on_call=pool.elapsed(AgentState.ON_CALL, g),
-            wrap_up=pool.elapsed(AgentState.WRAP_UP, g),
-            previewing=pool.count(AgentState.PREVIEWING, g),
-            paused=pool.count(AgentState.PAUSED, g),
+            ready=ready,
+            on_call=on_call,
+            wrap_up=wrap_up,
+            previewing=previewing,
+            paused=paused,
             ringing=tuple([now - t for t in self._unanswered[g].values()]),
             waiting=self._waiting_agent[g],
             estimates=self.estimates,
@@ -450,13 +496,19 @@ class Dialer:
         try:
             await self._decide_and_dial()
         except StoreUnavailable as exc:
-            if not self.store_down:
-                self.log.error("store unavailable: dialling paused, calls in flight still tracked", error=str(exc))
-            self.store_down = True
+            self._store_lost(exc)
             return
         if self.store_down:
             self.log.warning("store reachable again: dialling resumed")
             self.store_down = False
+        if self._hoppers:
+            self._keep_hoppers()
+
+    def _store_lost(self, exc: StoreUnavailable) -> None:
+        """Dialling pauses until the store answers again (the next rounds probe it before deciding)."""
+        if not self.store_down:
+            self.log.error("store unavailable: dialling paused, calls in flight still tracked", error=str(exc))
+        self.store_down = True
 
     async def _decide_and_dial(self) -> None:
         if self.store_down:
@@ -484,16 +536,20 @@ class Dialer:
             if self._stopping:
                 break
             decision = lane.pacer.decide(self.snapshot(lane))
+            decided = time.perf_counter()
             wanted = decision.dials + decision.previews
+            if self._hoppers:  # dials reserved ahead first: only the gate is left for them
+                hopper = self._hoppers[lane.name]
+                now = self._loop.time()
+                hopper.asked(decision.dials, now)
+                ahead = hopper.take(decision.dials, now) if decision.dials else []
+                if ahead:
+                    await self._dial_burst([self._track(a.call, lane) for a in ahead], decided, ahead)
+                    wanted -= len(ahead)
             if wanted <= 0:
                 continue
             wall = self.clock.now()
-            by_tier = {} if lane.tiers is None else {"tiers": lane.tiers}
-            zone_bonus = await self._claim_order.bonus(wall)  # best time to call: within a tier, by zone
-            order = {} if zone_bonus is None else {"zone_bonus": zone_bonus}
-            leads = await self.store.claim_leads(self.cfg.id, wanted, now=wall, node_id=self.node_id,
-                                                 lease_s=self.cfg.pacing.lease, **by_tier, **order)
-            claimed = time.perf_counter()
+            leads = await self._claim(lane, wanted, wall)
             if leads:  # leads came: the next short claim checks for the end at once
                 self._exhausted_wait, self._exhausted_due = 0.0, None
             burst: list[CallAttempt] = []
@@ -507,10 +563,109 @@ class Dialer:
                 else:
                     burst.append(self._new_call(lead, lane))
             if burst:
-                await self._dial_burst(burst, claimed)
+                await self._dial_burst(burst, decided)
             short = short or len(leads) < wanted
-        if short and not self._tasks:
+        if short and not self._tasks and not any(h.busy for h in self._hoppers.values()):
             await self._check_exhausted()
+
+    async def _claim(self, lane: Lane, n: int, wall: float) -> list[Lead]:
+        """Up to ``n`` of the lane's leads, leased to this node, best first."""
+        by_tier = {} if lane.tiers is None else {"tiers": lane.tiers}
+        zone_bonus = await self._claim_order.bonus(wall)  # best time to call: within a tier, by zone
+        order = {} if zone_bonus is None else {"zone_bonus": zone_bonus}
+        return await self.store.claim_leads(self.cfg.id, n, now=wall, node_id=self.node_id,
+                                            lease_s=self.cfg.pacing.lease, **by_tier, **order)
+
+    # -- dials reserved ahead (engine/hopper.py) -------------------------------------------
+
+    def _keep_hoppers(self) -> None:
+        """After each pacing round: a refill for every lane whose hopper is short of what the last
+        decisions asked for, or holds entries too old to dial. One refill at a time per lane, owned by
+        the task group; none while dialling is paused (but for giving entries back)."""
+        assert self._tg is not None
+        now = self._loop.time()
+        for lane in self.lanes:
+            hopper = self._hoppers[lane.name]
+            if hopper.filling:
+                continue
+            hopper.age(now)
+            if hopper.has_back or (hopper.shortfall() and self._may_reserve()):
+                hopper.filling = True
+                task = self._tg.create_task(self._fill(lane, hopper), name=f"hopper-fill-{lane.name}")
+                self._fills.add(task)
+                task.add_done_callback(self._fills.discard)
+
+    def _may_reserve(self) -> bool:
+        """Whether a refill may claim: not while dialling is paused, for whatever reason."""
+        return not (self._stopping or self.store_down or self.pbx_down
+                    or max(self.loop_lag, getattr(self.pbx, "ingest_lag", 0.0)) > MAX_LOOP_LAG_S)
+
+    async def _fill(self, lane: Lane, hopper: Hopper) -> None:
+        """Give back the hopper's aged entries, then top it up: the claim, then every lead's context and
+        reservation in one round trip, as a burst does, with no dial waiting for them. A reservation the
+        store refused is judged as in a burst: the gate's refusal if it has one, else the store's
+        (recorded as blocked, or the lead left to the node that took it). If the store fails half-way,
+        the leads are left to their leases, and a reservation it may have made is held, then recorded
+        as lost, never dialled."""
+        try:
+            await self._give_back(hopper)
+            n = hopper.shortfall()
+            if n <= 0 or not self._may_reserve():
+                return
+            wall = self.clock.now()
+            leads = await self._claim(lane, n, wall)
+            if not leads:
+                return
+            calls = [self._attempt(lead) for lead in leads]
+            day_keys = [self._day_key(lead, wall) for lead in leads]
+            ctxs, reservations = await self.store.read_and_reserve(calls, now=wall, day_keys=day_keys,
+                                                                   caps=self.caps, node_id=self.node_id)
+            at = self._loop.time()
+            for call, ctx, res, day_key in zip(calls, ctxs, reservations, day_keys, strict=True):
+                if res.ok:
+                    hopper.ready.append(Ahead(call, ctx, day_key, at))
+                else:  # as in a burst, the gate's refusal (its rule, its retry time) before the store's
+                    veto = await self.gate.check(ctx)
+                    self._spawn(self._track(call, lane), None, _verdict(res, wall) if veto is None else veto)
+        except StoreUnavailable as exc:  # the leads are left to their leases; no dial from the hopper until
+            self._store_lost(exc)          # the store answers again (nor a new reservation)
+        except Exception:
+            self.counters.errors += 1
+            self.log.exception("reserving dials ahead failed; its leads are left to their leases")
+        finally:
+            hopper.filling = False
+
+    async def _give_back(self, hopper: Hopper) -> None:
+        """The entries the hopper put aside (aged, or the run is stopping): reservations undone -- the
+        number unlocked and uncounted, the lead's count and lease restored -- and the leads released
+        for an immediate new claim. Kept to be tried again if the store is down."""
+        back = hopper.to_give_back()
+        if not back:
+            return
+        wall = self.clock.now()
+        try:
+            await self.store.undo_reservations([a.call for a in back], now=wall,
+                                               day_keys=[a.day_key for a in back])
+        except BaseException:
+            hopper.keep_back(back)
+            raise
+        for a in back:
+            await self._release(a.call.lead, wall, wall, self.log)
+
+    async def _empty_hoppers(self, pacing: asyncio.Task[None]) -> None:
+        """At the stop, within the drain timeout: the pacing loop and the refills under way end (their
+        reservations land in the hoppers), then every entry is given back. What cannot be (the store
+        down) is left to its number lock and recorded as a lost attempt, never dialled."""
+        try:
+            async with asyncio.timeout(self.drain_timeout):
+                await asyncio.wait([pacing, *self._fills])
+                for hopper in self._hoppers.values():
+                    hopper.drain()
+                    await self._give_back(hopper)
+        except (StoreUnavailable, TimeoutError) as exc:
+            held = sum(h.held_back for h in self._hoppers.values())
+            self.log.warning("leads reserved ahead not given back; recorded as lost when their locks lapse",
+                             leads=held, error=str(exc) or type(exc).__name__)
 
     async def _check_exhausted(self) -> None:
         """Stop when the campaign has no lead left, prompt on every node of a shared campaign without
@@ -556,9 +711,17 @@ class Dialer:
 
     def _new_call(self, lead: Lead, lane: Lane) -> CallAttempt:
         """The attempt for a claimed lead, counted as in flight (``_unanswered``) from now on."""
-        call = CallAttempt(call_id=f"{self.cfg.id}-{self.node_id}-{next(self._ids)}", lead=lead,
-                           campaign_id=self.cfg.id, attempt_no=lead.attempts + 1,
-                           created_at=self._loop.time())
+        return self._track(self._attempt(lead), lane)
+
+    def _attempt(self, lead: Lead) -> CallAttempt:
+        """A claimed lead's attempt, not yet in flight (``_track``)."""
+        return CallAttempt(call_id=f"{self.cfg.id}-{self.node_id}-{next(self._ids)}", lead=lead,
+                           campaign_id=self.cfg.id, attempt_no=lead.attempts + 1, created_at=0.0)
+
+    def _track(self, call: CallAttempt, lane: Lane) -> CallAttempt:
+        """From now on ``call`` is in flight (``_unanswered``): the pacer counts it. An attempt reserved
+        ahead is not, until a decision takes it; its age starts then."""
+        call.created_at = self._loop.time()
         self._lane_of[call.call_id] = lane
         self._unanswered[lane.name][call.call_id] = call.created_at
         return call
@@ -574,7 +737,7 @@ class Dialer:
         """A call that never got its task (its burst failed): no longer in flight."""
         self._unanswered[self._lane_of.pop(call.call_id).name].pop(call.call_id, None)
 
-    async def _dial_burst(self, calls: list[CallAttempt], claimed: float) -> None:
+    async def _dial_burst(self, calls: list[CallAttempt], decided: float, ahead: list[Ahead] | None = None) -> None:
         """Steps 2 and 3 for a burst of claimed leads at once, then a task per call from its verdict.
 
         The store is asked once for the whole burst, not twice per call: every lead's context and
@@ -584,8 +747,11 @@ class Dialer:
         gate refused are given back (``Store.undo_reservations``) before those calls are recorded as
         blocked. Reserving first halves the waits for the store, which are most of a decision under
         load (BENCHMARKS.md, Floods); a call task awaiting its own context and reservation behind a busy
-        event loop cost a wait per round trip per call. Each call's decision time runs from the claim
-        to the burst's verdicts.
+        event loop cost a wait per round trip per call. Each call's decision time runs from the pacer's
+        decision (``decided``, a ``perf_counter``) to the burst's verdicts.
+
+        ``ahead``: the calls' entries from the lane's hopper, reserved already (engine/hopper.py): no
+        store call, the gate on each context as it was read at the reservation, with today's clock.
 
         Fail closed: if the store fails before the verdicts nothing of the burst is dialled
         (``StoreUnavailable`` goes up to the pacing loop, which pauses dialling); the leads are left to
@@ -599,9 +765,14 @@ class Dialer:
         spawned: set[int] = set()
         try:
             wall = self.clock.now()
-            day_keys = [self._day_key(call.lead, wall) for call in calls]
-            ctxs, reservations = await self.store.read_and_reserve(calls, now=wall, day_keys=day_keys,
-                                                                   caps=self.caps, node_id=self.node_id)
+            if ahead is None:
+                day_keys = [self._day_key(call.lead, wall) for call in calls]
+                ctxs, reservations = await self.store.read_and_reserve(calls, now=wall, day_keys=day_keys,
+                                                                       caps=self.caps, node_id=self.node_id)
+            else:
+                day_keys = [a.day_key for a in ahead]
+                ctxs = [replace(a.ctx, now=wall) for a in ahead]
+                reservations = [_RESERVED_AHEAD] * len(ahead)
             verdicts: list[Any] = []
             given_back: list[int] = []  # reserved, then refused by the gate: never dialled
             for i, (call, ctx, res) in enumerate(zip(calls, ctxs, reservations, strict=True)):
@@ -614,9 +785,9 @@ class Dialer:
                 if veto is not None and res.ok:
                     given_back.append(i)
                 verdicts.append(_verdict(res, wall) if veto is None else veto)
-            decided = time.perf_counter() - claimed
+            took = time.perf_counter() - decided
             # every verdict but "the campaign is stopping", which is not a decision about the call
-            self.decision_times.extend(decided for v in verdicts if v is None or v.rule != "shutdown")
+            self.decision_times.extend(took for v in verdicts if v is None or v.rule != "shutdown")
             for i, verdict in enumerate(verdicts):  # the dials first: nothing of theirs waits for the undo
                 if verdict is None:
                     self._spawn(calls[i], None, verdict)
@@ -673,7 +844,7 @@ class Dialer:
             self.calls[call.call_id] = call
             call.wall_started = _wall_started(wall)
             call.dialed_at = self._loop.time()
-            advance(call, CallState.ORIGINATING, call.dialed_at)
+            advance(call, _ORIGINATING, call.dialed_at)
             self.counters.dials += 1
             self.estimates.dialled(call.call_id)
             try:
@@ -787,26 +958,28 @@ class Dialer:
     async def _follow(self, call: CallAttempt, events: CallEvents, agent: Agent | None,
                       log: Any) -> Agent | None:
         """Drive the call state machine from PBX events; returns the agent who talked, if any."""
-        while call.state != CallState.ENDED:
-            ev = await self._next_event(call, events, log)
+        while call.state is not _ENDED:
+            ev = await events.next(self._event_limit(call))
+            if ev is None:
+                ev = await self._presumed_lost(call, log)
             now = self._loop.time()
             if isinstance(ev, Ringing):
-                if call.state == CallState.ORIGINATING:
-                    advance(call, CallState.RINGING, now)
+                if call.state is _ORIGINATING:
+                    advance(call, _RINGING, now)
             elif isinstance(ev, Answered):
-                if call.state not in (CallState.ORIGINATING, CallState.RINGING):
+                if call.state not in _RINGS:
                     continue  # a duplicate answer (e.g. AMD after the answer) changes nothing
                 self._unanswered[self._lane_of[call.call_id].name].pop(call.call_id, None)
                 call.answer_kind = ev.kind
                 self.counters.answered += 1
-                machine = ev.kind == AnswerKind.MACHINE
+                machine = ev.kind == _MACHINE
                 drop = machine and self.cfg.amd.enabled and self.cfg.amd.machine_action == "hangup"
                 self.estimates.observe_answer(not drop, now - (call.dialed_at or now), call.call_id)
                 if drop:
-                    advance(call, CallState.ANSWERED_MACHINE, now)
+                    advance(call, _ANSWERED_MACHINE, now)
                     await self._pbx_quietly(self.pbx.hangup(call.call_id), log, "hangup")
                     continue
-                advance(call, CallState.ANSWERED_MACHINE if machine else CallState.ANSWERED_HUMAN, now)
+                advance(call, _ANSWERED_MACHINE if machine else _ANSWERED_HUMAN, now)
                 if agent is not None:
                     self.pool.to_call(agent)  # preview: the agent who dialled takes it
                 else:
@@ -827,7 +1000,7 @@ class Dialer:
                                                          audit=self.audit))
                     await self._pbx_quietly(self.pbx.connect(call.call_id, agent.agent_id), log, "connect")
             elif isinstance(ev, Connected):
-                if call.state in (CallState.ANSWERED_HUMAN, CallState.ANSWERED_MACHINE):
+                if call.state in _ANSWERS:
                     advance(call, CallState.CONNECTED, now)
             elif isinstance(ev, Abandoned):
                 pass  # the message is playing; the end event follows
@@ -839,16 +1012,16 @@ class Dialer:
                 call.disposition = call.disposition or "dnc_request"
             elif isinstance(ev, Ended):
                 last = call.state
-                advance(call, CallState.ENDED, now)
+                advance(call, _ENDED, now)
                 call.cause = ev.cause
                 call.outcome = final_outcome(call, last, ev.cause, ev.reason)
                 if call.call_id in self._cancelled and call.outcome in (Outcome.FAILED, Outcome.NO_ANSWER):
                     call.outcome = Outcome.CANCELLED  # our own hang-up of a ring the agent called off
-                if (call.outcome == Outcome.CUSTOMER_HANGUP and call.agent_id is None
+                if (call.outcome is _CUSTOMER_HANGUP and call.agent_id is None
                         and self.cfg.abandon.count_early_hangups):
                     call.outcome = Outcome.ABANDONED  # never connected to anyone: an abandon, fail closed
-                if (last in (CallState.ORIGINATING, CallState.RINGING) and ev.reason != "unknown"
-                        and call.outcome != Outcome.CANCELLED):  # a ring cut short says nothing of answers
+                if (last in _RINGS and ev.reason != "unknown"
+                        and call.outcome is not _CANCELLED):  # a ring cut short says nothing of answers
                     self.estimates.observe_answer(False, None, call.call_id)
                 self._count_end(call)
         if agent is not None and call.connected_at is None:
@@ -870,16 +1043,18 @@ class Dialer:
             self._waiting_agent[group] -= 1
             self._agent_waits.pop(call.call_id, None)
 
-    async def _next_event(self, call: CallAttempt, events: CallEvents, log: Any) -> CallEvent:
-        if call.state in (CallState.ORIGINATING, CallState.RINGING):
-            limit = self.cfg.pacing.ring_timeout + EVENT_GRACE_S
-        elif call.state in (CallState.ANSWERED_HUMAN, CallState.ANSWERED_MACHINE, CallState.ABANDONED):
-            limit = self.cfg.pacing.connect_limit + 120.0 + EVENT_GRACE_S
-        else:
-            limit = MAX_CALL_S
-        ev = await events.next(limit)
-        if ev is not None:
-            return ev
+    def _event_limit(self, call: CallAttempt) -> float:
+        """How long a call in its present state may wait for its next PBX event before it is presumed lost
+        (``_presumed_lost``). A plain method that ``_follow`` awaits ``CallEvents.next`` with: one
+        coroutine less per event, four a call."""
+        if call.state in _RINGS:
+            return self.cfg.pacing.ring_timeout + EVENT_GRACE_S
+        if call.state in _HELD:
+            return self.cfg.pacing.connect_limit + 120.0 + EVENT_GRACE_S
+        return MAX_CALL_S
+
+    async def _presumed_lost(self, call: CallAttempt, log: Any) -> CallEvent:
+        """No event within ``_event_limit``: the call is hung up and ends as ``unknown``."""
         log.warning("no end event from the PBX; call presumed lost", state=call.state.value)
         await self._pbx_quietly(self.pbx.hangup(call.call_id), log, "hangup")
         return Ended(call.call_id, 0, "unknown")
@@ -898,13 +1073,13 @@ class Dialer:
             self.counters.live += 1
             self._since_refresh[0] += 1
             self._since_observe[0] += 1
-        if outcome == Outcome.ABANDONED:
+        if outcome is _ABANDONED:
             self.counters.abandoned += 1
             self._since_refresh[1] += 1
             self._since_observe[1] += 1
-        elif outcome == Outcome.CONNECTED:
+        elif outcome is _CONNECTED:
             self.counters.connected += 1
-        elif outcome == Outcome.MACHINE:
+        elif outcome is _MACHINE_OUTCOME:
             self.counters.machines += 1
         if call.connected_at is not None and call.ended_at is not None:
             talk = call.ended_at - call.connected_at
@@ -927,13 +1102,13 @@ class Dialer:
         self.estimates.observe_wrap(wrap)
         agent.call_id = None
         agent.calls += 1
-        if agent.state == AgentState.WRAP_UP:
+        if agent.state is _WRAP_UP:
             self.pool.make_ready(agent)
 
     async def _record(self, call: CallAttempt, log: Any) -> None:
         """Result appended, lead rescheduled or closed, DNC on request, after-call hooks."""
         self._recorded.add(call.call_id)
-        outcome = call.outcome or Outcome.UNKNOWN
+        outcome = call.outcome or _UNKNOWN
         wall = self.clock.now()
         result = self._result(call, outcome)
         rule = self.cfg.dispositions.get(call.disposition or "")
@@ -946,12 +1121,12 @@ class Dialer:
             except (OSError, ValueError) as exc:  # a full disk must not cost the store's record too
                 self.counters.errors += 1
                 log.error("results file write failed; the result goes to the store", error=repr(exc))
-        abandoned, live = outcome == Outcome.ABANDONED, outcome.live
+        abandoned, live = outcome is _ABANDONED, outcome.live
         if self._amd_false_positive(call, outcome):
             abandoned = live = True  # counted, campaign-wide, as the person AMD took for a machine
         await self._until_stored(lambda: self.store.finish_attempt(
             call, result, now=wall, next_eligible=next_at, abandoned=abandoned,
-            live=live, invalid_number=outcome == Outcome.INVALID_NUMBER), log)
+            live=live, invalid_number=outcome is _INVALID_NUMBER), log)
         if rule is not None and rule.dnc:
             await self._until_stored(lambda: self.store.add_dnc([call.lead.phone]), log)
         if rule is not None and rule.tags:
@@ -988,7 +1163,7 @@ class Dialer:
         in whole calls, with no more than one call of rounding.
         """
         ab = self.cfg.abandon
-        if not (ab.count_amd_false_positives and outcome == Outcome.MACHINE and call.agent_id is None
+        if not (ab.count_amd_false_positives and outcome is _MACHINE_OUTCOME and call.agent_id is None
                 and self.cfg.amd.enabled and self.cfg.amd.machine_action == "hangup"):
             return False
         self._amd_fp_sum += ab.amd_false_positive_rate
@@ -1065,35 +1240,30 @@ class Dialer:
         return _local_day(lead.timezone or self.cfg.campaign.timezone, wall)
 
     def _result(self, call: CallAttempt, outcome: Outcome) -> CallResult:
-        def span(a: float | None, b: float | None) -> float | None:
-            return round(b - a, 3) if a is not None and b is not None else None
-
+        lead, started = call.lead, call.wall_started
         return CallResult(
             call_id=call.call_id,
             campaign_id=call.campaign_id,
-            lead_id=call.lead.lead_id,
+            lead_id=lead.lead_id,
             attempt_no=call.attempt_no,
             outcome=outcome,
             cause=call.cause,
             disposition=call.disposition,
             agent_id=call.agent_id,
-            answer_kind=call.answer_kind.value if call.answer_kind else None,
-            started=_iso_seconds(call.wall_started, call.wall_started.utcoffset()) if call.wall_started else "",
-            ring_s=span(call.dialed_at, call.answered_at or call.ended_at),
-            wait_s=span(call.answered_at, call.connected_at or (call.ended_at if call.answered_at else None)),
-            talk_s=span(call.connected_at, call.ended_at),
-            phone_masked=mask_phone(call.lead.phone),
-            tier=call.lead.tier,
-            customer_type=call.lead.attributes.get("customer_type"),
-            follow_up=bool(call.lead.attributes.get("follow_up_due")),
-            local_hour=self._local_hour(call),
+            # ``_value_``: the member's value without ``Enum.value``'s Python-level descriptor (once a call)
+            answer_kind=call.answer_kind._value_ if call.answer_kind else None,
+            started=_iso_seconds(started, started.utcoffset()) if started else "",
+            ring_s=_span(call.dialed_at, call.answered_at or call.ended_at),
+            wait_s=_span(call.answered_at, call.connected_at or (call.ended_at if call.answered_at else None)),
+            talk_s=_span(call.connected_at, call.ended_at),
+            phone_masked=mask_phone(lead.phone),
+            tier=lead.tier,
+            customer_type=lead.attributes.get("customer_type"),
+            follow_up=bool(lead.attributes.get("follow_up_due")),
+            # the dial's hour where the called party lives (the lead's zone, else the campaign's)
+            local_hour=None if started is None else _local_hour_at(lead.timezone or self.cfg.campaign.timezone,
+                                                                   started),
         )
-
-    def _local_hour(self, call: CallAttempt) -> int | None:
-        """The dial's hour where the called party lives (the lead's zone, else the campaign's)."""
-        if call.wall_started is None:
-            return None
-        return _local_hour_at(call.lead.timezone or self.cfg.campaign.timezone, call.wall_started)
 
     def _summarize(self) -> dict[str, Any]:
         out = summarize(self.counters, self.pool.totals(), len(self.pool.agents),
@@ -1102,6 +1272,9 @@ class Dialer:
             ms = sorted(t * 1000 for t in self.decision_times)
             out["decision_ms"] = {"p50": round(ms[len(ms) // 2], 3), "p99": round(ms[int(len(ms) * 0.99)], 3),
                                   "max": round(ms[-1], 3), "n": len(ms)}
+        if self._hoppers:
+            figures = [h.figures() for h in self._hoppers.values()]
+            out["reserve_ahead"] = {k: sum(f[k] for f in figures) for k in figures[0]}
         return out
 
     # -- PBX events ----------------------------------------------------------------------

@@ -12,7 +12,9 @@ What it reports, live (stderr, every second) and at the end:
 * calls in flight, originates/s, AMI events/s ingested (framed and fed through the correlator);
 * event-to-state lag: from the ``Timestamp`` the PBX put on an event (``timestampevents = yes``) to the
   moment the correlator turned it into a call event (p50/p99/max);
-* per-dial decision time (the Dialer's ``decision_ms``: store context, compliance gate, reservation);
+* per-dial decision time (the Dialer's ``decision_ms``, from the pacer's decision to the dial's verdict:
+  the claim, the store context, the compliance gate and the reservation; with Redis, the gate alone for
+  the dials taken from leads reserved ahead, ``engine/hopper.py``, and how many were);
 * memory per concurrent call (RSS growth over the baseline taken after agent login, at peak concurrency);
 * errors, and backpressure: how often dialling held because the loop was late (``held``), the worst lag;
 * counts on both sides: events the emulator says it sent on each connection (``DialerEmulatorStats``,
@@ -129,6 +131,7 @@ class FloodOptions:
     drain: float = 60.0
     ingest_hold: bool = True  # hold dialling while events arrive late (see FloodPacer)
     gc_freeze: bool = False  # gc.freeze() once set up (see BENCHMARKS.md, Floods)
+    reserve_ahead: bool | None = None  # the Dialer's hopper (engine/hopper.py); None: its default (Redis only)
 
 
 @dataclass(slots=True)
@@ -153,6 +156,7 @@ class Figures:
     events_per_dial: float = 0.0  # every event sent / dials (agent logins and busy calls included)
     lag_ms: dict[str, float] = field(default_factory=dict)
     decision_ms: dict[str, float] = field(default_factory=dict)
+    reserve_ahead: dict[str, int] = field(default_factory=dict)  # the hopper: taken, missed, given back
     rss_base_mb: float = 0.0
     rss_peak_mb: float = 0.0
     kb_per_call: float = 0.0
@@ -438,7 +442,8 @@ def _campaign(opts: FloodOptions, ports: Sequence[tuple[str, int]], prefix: str)
         "campaign": {"id": "flood", "mode": "progressive", "backend": "asterisk", "store": opts.store,
                      "timezone": "America/New_York"},
         "hours": {"start": "00:00", "end": "24:00"},
-        "pacing": {"interval": "0.1s", "drain_timeout": f"{opts.drain}s"},
+        "pacing": {"interval": "0.1s", "drain_timeout": f"{opts.drain}s",
+                   **({} if opts.reserve_ahead is None else {"reserve_ahead": opts.reserve_ahead})},
         "abandon": {"count_early_hangups": False},
         "asterisk": {"servers": [{"host": h, "port": p, "secret_env": SECRET_ENV} for h, p in ports],
                      "trunk": "Local/{digits}@dialer-outbound/n", "action_timeout": "10s", "ping_interval": "30s"},
@@ -597,6 +602,7 @@ async def run_flood(opts: FloodOptions, *, out: Any = sys.stderr) -> Figures:
         gc.callbacks.remove(on_gc)
         fig.gc2_ms = _pcts(gc_pauses)
         fig.decision_ms = dict(summary.get("decision_ms", {}))
+        fig.reserve_ahead = dict(summary.get("reserve_ahead", {}))
         fig.lag_ms = _pcts(lags)
         csv = results.paths.get("csv")
         if csv is not None and csv.exists():
@@ -774,7 +780,9 @@ def format_figures(fig: Figures) -> str:
         f"{fig.events_per_s:,.0f}/s over {fig.dial_s:g} s (peak second {fig.peak_events_per_s:,.0f}/s){ratio}; "
         f"{fig.events_per_dial:g} events per dial",
         f"event-to-state lag ms: {_fmt_pcts(fig.lag_ms)}",
-        f"per-dial decision ms: {_fmt_pcts(fig.decision_ms)}",
+        f"per-dial decision ms: {_fmt_pcts(fig.decision_ms)}" + (
+            "; dials reserved ahead: {taken} taken, {missed} not in the hopper, {given_back} given back".format(
+                **fig.reserve_ahead) if fig.reserve_ahead else "; no dials reserved ahead"),
         f"memory: RSS {fig.rss_base_mb:g} MB after login, peak {fig.rss_peak_mb:g} MB; {fig.kb_per_call:g} KiB per "
         f"concurrent call",
         f"backpressure: dialling held {fig.held} times on loop lag (worst {fig.max_loop_lag_ms:g} ms), "
@@ -829,6 +837,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gc-freeze", action="store_true",
                    help="gc.freeze() after set-up: full collections then skip the long-lived objects (the "
                    "Dialer now freezes what is alive at the start of every run itself; this freezes a little earlier)")
+    p.add_argument("--reserve-ahead", choices=("on", "off"), default=None,
+                   help="the Dialer's hopper of dials reserved ahead (default: on with Redis, off in memory)")
     p.add_argument("--profile", metavar="FILE", help="cProfile the engine process into FILE (slows it down)")
     p.add_argument("--no-baseline", action="store_true", help="skip the parse-rate baseline")
     p.add_argument("--quiet", action="store_true", help="no live lines")
@@ -842,7 +852,8 @@ def options_from_args(args: argparse.Namespace) -> FloodOptions:
                         wrap=args.wrap, full_events=not args.minimal_events, store=args.store,
                         redis_url=args.redis_url, loop=args.loop, emulator_uvloop=args.emulator_uvloop,
                         live=not args.quiet, profile=args.profile, baseline=not args.no_baseline,
-                        ingest_hold=not args.no_ingest_hold, gc_freeze=args.gc_freeze)
+                        ingest_hold=not args.no_ingest_hold, gc_freeze=args.gc_freeze,
+                        reserve_ahead=None if args.reserve_ahead is None else args.reserve_ahead == "on")
 
 
 def run(opts: FloodOptions) -> Figures:
