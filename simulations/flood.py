@@ -389,16 +389,19 @@ class FloodPacer:
     """Dials at ``rate`` per second while fewer than ``limit`` calls are in flight (a token bucket of
     one second): a load generator, not a pacing strategy, so the flood sets the load it asks for.
 
-    The Dialer holds dialling while the PBX's events arrive late (its ``ingest_lag`` check); with
-    ``ingest_lag`` given, this pacer also drops the dials it could not place meanwhile, so they are
-    not made up in a burst once events are on time again (see BENCHMARKS.md, Floods)."""
+    The Dialer holds dialling while the PBX's events arrive late or its loop runs late (its
+    ``ingest_lag`` and ``loop_lag`` checks); with ``ingest_lag`` and ``dialer_held`` (the Dialer's count
+    of held rounds) given, this pacer also drops the dials it could not place meanwhile, so they are
+    not made up in a burst once the engine has caught up (see BENCHMARKS.md, Floods)."""
 
     name = "flood"
 
     def __init__(self, rate: float, limit: int, in_flight: Callable[[], int],
-                 ingest_lag: Callable[[], float] | None = None, max_lag: float = 0.2) -> None:
+                 ingest_lag: Callable[[], float] | None = None, max_lag: float = 0.2,
+                 dialer_held: Callable[[], int] | None = None) -> None:
         self.rate, self.limit, self.in_flight = rate, limit, in_flight
-        self.ingest_lag, self.max_lag = ingest_lag, max_lag
+        self.ingest_lag, self.max_lag, self.dialer_held = ingest_lag, max_lag, dialer_held
+        self._held_seen = 0
         self.held = 0
         self._tokens = 0.0
         self._at: float | None = None
@@ -411,6 +414,9 @@ class FloodPacer:
             self._at = snap.now
         self._tokens = min(self._tokens + (snap.now - self._at) * self.rate, max(self.rate, 1.0))
         self._at = snap.now
+        if self.dialer_held is not None and self.dialer_held() != self._held_seen:
+            self._held_seen = self.dialer_held()
+            self._tokens = 0.0  # the Dialer held on its own loop lag since: not made up either
         if self.ingest_lag is not None and self.ingest_lag() > self.max_lag:
             self.held += 1
             self._tokens = 0.0  # the calls not placed while behind are not made up in a burst
@@ -565,7 +571,8 @@ async def run_flood(opts: FloodOptions, *, out: Any = sys.stderr) -> Figures:
         desk = SimDesk(sim.agent, sim.customers, backend, np.random.default_rng(1))
         holder: dict[str, Any] = {}
         pacer = FloodPacer(opts.rate, opts.concurrent, lambda: len(holder["dialer"].calls),
-                           ingest_lag=(lambda: backend.ingest_lag) if opts.ingest_hold else None)
+                           ingest_lag=(lambda: backend.ingest_lag) if opts.ingest_hold else None,
+                           dialer_held=(lambda: holder["dialer"].counters.held) if opts.ingest_hold else None)
         dialer = Dialer(cfg, store=store, pbx=backend, desk=desk, agents=agents, plugins=plugins,
                         clock=SystemClock(), pacer=pacer, results=results, node_id="flood")
         holder["dialer"] = dialer

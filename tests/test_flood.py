@@ -199,3 +199,21 @@ def test_reported_redis_url_never_carries_a_password() -> None:
 
     assert _without_password("redis://:s3cret@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
     assert _without_password("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_the_flood_pacer_does_not_make_up_dials_the_dialer_held_back() -> None:
+    """A load generator, not a pacing strategy: while the Dialer held dialling (its loop or the PBX's
+    events late) the dials it could not place are dropped, not sent in one burst afterwards."""
+    from engine.testing import snapshot
+    from simulations.flood import FloodPacer
+
+    held = [0]
+    pacer = FloodPacer(100.0, 10_000, lambda: 0, ingest_lag=lambda: 0.0, dialer_held=lambda: held[0])
+    assert pacer.decide(snapshot(now=0.0)).dials == 0
+    assert pacer.decide(snapshot(now=0.1)).dials == 10  # 100 dials/s, a decision every 0.1 s
+    held[0] += 3  # the Dialer held three rounds (0.8 s) without asking the pacer
+    assert pacer.decide(snapshot(now=1.0)).dials == 0
+    assert pacer.decide(snapshot(now=1.1)).dials == 10  # the rate again, nothing made up
+    free = FloodPacer(100.0, 10_000, lambda: 0)  # --no-ingest-hold: the skipped dials are made up
+    free.decide(snapshot(now=0.0))
+    assert free.decide(snapshot(now=0.9)).dials == 90
