@@ -61,7 +61,7 @@ from engine.claim_order import ClaimOrder
 from engine.clock import Clock
 from engine.config import CampaignConfig
 from engine.desk import AgentDesk
-from engine.hopper import Ahead, Hopper
+from engine.hopper import Ahead, Hopper, reserves_ahead
 from engine.kpi import Counters, summarize
 from engine.lanes import Lane, build_lanes
 from engine.models import (
@@ -323,10 +323,9 @@ class Dialer:
         self.started_at = 0.0
         self.store_down = False
         self.decision_times: deque[float] = deque(maxlen=100_000)  # per dial: the pacer's decision to its verdict
-        ahead = p.reserve_ahead if p.reserve_ahead is not None else getattr(store, "remote", False) is True
         # lane -> its reserved leads (engine/hopper.py); empty without reservations ahead
         self._hoppers: dict[str, Hopper] = {lane.name: Hopper(p.reserve_ahead_max_age) for lane in self.lanes
-                                            } if ahead else {}
+                                            } if reserves_ahead(p.reserve_ahead, store) else {}
         self._fills: set[asyncio.Task[None]] = set()  # the hoppers' refills under way
         self.loop_lag = 0.0  # how late the event loop runs its timers (backpressure signal)
         self.summary: dict[str, Any] = {}
@@ -589,7 +588,7 @@ class Dialer:
             if hopper.filling:
                 continue
             hopper.age(now)
-            if hopper.has_back or (hopper.shortfall() and self._may_reserve()):
+            if hopper.held_back or (hopper.shortfall() and self._may_reserve()):
                 hopper.filling = True
                 task = self._tg.create_task(self._fill(lane, hopper), name=f"hopper-fill-{lane.name}")
                 self._fills.add(task)
@@ -627,8 +626,10 @@ class Dialer:
                 else:  # as in a burst, the gate's refusal (its rule, its retry time) before the store's
                     veto = await self.gate.check(ctx)
                     self._spawn(self._track(call, lane), None, _verdict(res, wall) if veto is None else veto)
-        except StoreUnavailable as exc:  # the leads are left to their leases; no dial from the hopper until
-            self._store_lost(exc)          # the store answers again (nor a new reservation)
+        except StoreUnavailable as exc:
+            # The leads are left to their leases; nothing is dialled from the hopper, nor reserved,
+            # until the store answers again.
+            self._store_lost(exc)
         except Exception:
             self.counters.errors += 1
             self.log.exception("reserving dials ahead failed; its leads are left to their leases")

@@ -22,8 +22,9 @@ finds it gone (at most ``max_age`` later: their reservations are made, their res
 once it is back, as for calls in flight); then dialling pauses, from the hopper too, and no
 reservation is made until the store answers again, when the entries left, aged, are given back.
 
-The hopper is for stores with a round trip (``Store.remote``); the in-memory store answers at once and
-the simulator's results must not depend on it (``[pacing] reserve_ahead``: unset = on with Redis only).
+The hopper is for stores with a round trip (a ``remote`` store: Redis); the in-memory store answers at
+once and the simulator's results must not depend on it (``[pacing] reserve_ahead``: unset = on with
+Redis only; ``reserves_ahead``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from engine.models import CallAttempt
 from engine.store.base import DialContext
@@ -38,6 +40,12 @@ from engine.store.base import DialContext
 MAX_AGE_S = 1.0  # an entry older than this is given back rather than dialled on a context this old
 HEADROOM = 1.5  # held: this many times the most dials a recent decision asked for
 MOST = 200  # never more held than this, whatever the decisions asked
+
+
+def reserves_ahead(setting: bool | None, store: Any) -> bool:
+    """Whether a campaign keeps dials reserved ahead: as ``[pacing] reserve_ahead`` says, and when it is
+    unset, only with a store whose every call is a round trip (its ``remote`` attribute)."""
+    return setting if setting is not None else getattr(store, "remote", False) is True
 
 
 @dataclass(slots=True)
@@ -109,10 +117,6 @@ class Hopper:
         """Every entry moves to the ones to give back (the run is stopping)."""
         self._back.extend(self.ready)
         self.ready.clear()
-
-    @property
-    def has_back(self) -> bool:
-        return bool(self._back)
 
     @property
     def held_back(self) -> int:

@@ -11,7 +11,7 @@ import redis
 from helpers import campaign, human, run_script
 
 from engine.hooks import hookimpl
-from engine.hopper import Ahead, Hopper
+from engine.hopper import Ahead, Hopper, reserves_ahead
 from engine.models import CallAttempt, Lead, Veto
 from engine.pacing import Decision, Snapshot
 from engine.pii import BlindIndex
@@ -182,27 +182,14 @@ def test_the_gate_still_decides_each_dial_and_its_refusal_undoes_the_reservation
     assert run.left == []  # the refused leads' numbers unlocked and uncounted
 
 
-def test_the_hopper_is_on_with_redis_and_off_in_memory_unless_configured(vrun: Any) -> None:
-    from engine.dialer import Dialer
-    from engine.plugins import make_plugin_manager
-    from simulations.agents import SimDesk
-
-    async def hoppers(store: Any, **pacing: Any) -> int:
-        cfg = campaign(pacing=pacing)
-        dialer = Dialer(cfg, store=store, pbx=None, desk=SimDesk.__new__(SimDesk), agents=[],  # type: ignore[arg-type]
-                        plugins=make_plugin_manager(entry_points_too=False), clock=None)  # type: ignore[arg-type]
-        return len(dialer._hoppers)
-
-    async def main() -> tuple[int, ...]:
-        memory = MemoryStore()
-        remote = RedisStore("redis://127.0.0.1:1/0", index=INDEX)  # never connected: only its kind matters
-        try:
-            return (await hoppers(memory), await hoppers(memory, reserve_ahead=True), await hoppers(remote),
-                    await hoppers(remote, reserve_ahead=False))
-        finally:
-            await remote.close()
-
-    assert vrun(main()) == (0, 1, 1, 0)
+async def test_the_hopper_is_on_with_redis_and_off_in_memory_unless_configured() -> None:
+    memory = MemoryStore()
+    remote = RedisStore("redis://127.0.0.1:1/0", index=INDEX)  # never connected: only its kind matters
+    try:
+        assert [reserves_ahead(None, memory), reserves_ahead(True, memory), reserves_ahead(None, remote),
+                reserves_ahead(False, remote)] == [False, True, True, False]
+    finally:
+        await remote.close()
 
 
 async def test_on_redis_nothing_is_left_reserved_after_the_stop(redis_url: str) -> None:

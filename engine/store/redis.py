@@ -737,7 +737,7 @@ redis.call('HSET', KEYS[1], 'd', ARGV[2])
 return 1
 """
 
-# The scripts a burst or a call's finish sends several of at a time, run by ``_BATCH`` in one command.
+# The scripts a burst or a call's finish sends several of at a time, run by the batch script in one command.
 _BATCHED = ("context", "history", "reserve", "reserved", "unreserve", "unreserved", "finish_campaign",
             "finish_number")
 
@@ -1007,7 +1007,7 @@ class RedisStore:
             return list(await asyncio.gather(*(self._scripts[name](keys=keys, args=args)
                                                for name, (keys, args) in runs)))
         if len(runs) > 1 and all(name in _BATCHED for name, _ in runs):
-            # One command instead of one per run (``_BATCH``): the server parses, dispatches and
+            # One command instead of one per run (``_batch_script``): the server parses, dispatches and
             # answers once, and the client reads one reply, where each command cost both sides a
             # fixed overhead that was most of a burst's time with few keys per script.
             flat: list[Any] = []
