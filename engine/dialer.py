@@ -201,8 +201,8 @@ def _quiet_gc(loop: asyncio.AbstractEventLoop) -> Any:
     * On a real clock, the collector's thresholds raised (``GC_THRESHOLDS``): a young pass every 50,000
       allocations instead of 700, so that most of a call's objects are freed by reference counting
       before any pass sees them, and older passes far rarer. The engine makes few reference cycles, so
-      memory does not grow for it (measured in the floods). In virtual time ``simulations.vloop`` sets
-      its own thresholds.
+      memory does not grow for it (measured in the floods). In virtual time ``simulations.vloop`` holds
+      the collector off for the whole run.
     """
     real_time = not getattr(loop, "virtual_time", False)
     freeze = not gc.get_freeze_count()
@@ -303,6 +303,7 @@ class Dialer:
         self._tg: asyncio.TaskGroup | None = None
         self._burst_done: asyncio.Future[None] | None = None  # set while a burst of dials is being decided
         self._ids = itertools.count(1)
+        self._call_id_prefix = f"{self.cfg.id}-{self.node_id}-"  # call ids: campaign-node-n
         self._stop = asyncio.Event()
         self._woken = False  # nudged since the last pacing decision
         self._wake_waiter: asyncio.Future[None] | None = None  # the pacing loop, waiting for a nudge
@@ -716,7 +717,7 @@ class Dialer:
 
     def _attempt(self, lead: Lead) -> CallAttempt:
         """A claimed lead's attempt, not yet in flight (``_track``)."""
-        return CallAttempt(call_id=f"{self.cfg.id}-{self.node_id}-{next(self._ids)}", lead=lead,
+        return CallAttempt(call_id=f"{self._call_id_prefix}{next(self._ids)}", lead=lead,
                            campaign_id=self.cfg.id, attempt_no=lead.attempts + 1, created_at=0.0)
 
     def _track(self, call: CallAttempt, lane: Lane) -> CallAttempt:
@@ -730,9 +731,7 @@ class Dialer:
     def _spawn(self, call: CallAttempt, agent: Agent | None, decided: Any = _UNDECIDED) -> None:
         """The call's own task, from its decision (``decided``: the burst's verdict) or from the start."""
         assert self._tg is not None
-        task = self._tg.create_task(self._call(call, agent, decided), name=call.call_id)
-        self._tasks.add(task)
-        task.add_done_callback(self._call_done)
+        self._tasks.add(self._tg.create_task(self._call(call, agent, decided), name=call.call_id))
 
     def _forget(self, call: CallAttempt) -> None:
         """A call that never got its task (its burst failed): no longer in flight."""
@@ -813,8 +812,12 @@ class Dialer:
             done.set_result(None)
             self._burst_done = None
 
-    def _call_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+    def _call_done(self) -> None:
+        """The running call task is over: no longer counted in flight (the drain waits for none left).
+        Called at the end of ``_call`` itself, not as a done callback: a callback is one more loop
+        callback per call, and the task group has one already. (A task cancelled before it ever ran
+        stays in ``_tasks``; only the drain's time-out cancels call tasks, and nothing counts them after.)"""
+        self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
         if not self._tasks:
             self._idle.set()
 
@@ -891,6 +894,7 @@ class Dialer:
             self._recorded.discard(call.call_id)
             self._gave_up.discard(call.call_id)
             self._cancelled.discard(call.call_id)
+            self._call_done()
             self.nudge()
 
     async def _decide_alone(self, call: CallAttempt, agent: Agent | None, wall: float) -> Any:

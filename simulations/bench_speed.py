@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import pstats
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -54,6 +55,17 @@ def bare_tasks(n: int, batch: int = 1000, repeat: int = 3) -> float:
         asyncio.run(main())
         best = min(best, time.perf_counter() - started)
     return best
+
+
+def interpreter() -> str:
+    """Which build of Python runs the benchmark: the same code runs some 10 % slower on an interpreter
+    linked to a shared libpython (a plain source build, pyenv's default) than on a distribution's
+    statically linked, optimised one (BENCHMARKS.md, Speed), so the figures say which it was."""
+    try:  # what this process has mapped, not what sysconfig says (Debian builds both, and runs the static one)
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return os.path.realpath(sys.executable)
+    return f"{os.path.realpath(sys.executable)}, {'shared' if 'libpython' in maps else 'static'} libpython"
 
 
 def import_engine() -> float:
@@ -122,15 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="results/bench_speed")
     args = ap.parse_args(argv)
 
-    print(f"speed benchmark: Python {platform.python_version()}, {os.cpu_count()} CPUs, one process, "
-          f"load average {os.getloadavg()[0]:.2f} at start")
+    print(f"speed benchmark: Python {platform.python_version()} ({interpreter()}), {os.cpu_count()} CPUs, "
+          f"one process, load average {os.getloadavg()[0]:.2f} at start")
     imports = import_engine()
     shift = time_shift(args.agents, args.hours, args.pacer, args.seed)
     n = args.baseline_tasks or shift["dials"]
     base = bare_tasks(n)
     ratio = shift["wall_s"] / base if base else float("nan")
-    out = {**shift, "import_s": round(imports, 2), "load_average": round(os.getloadavg()[0], 2),
-           "baseline_tasks": n, "baseline_wall_s": round(base, 3), "ratio": round(ratio, 1),
+    out = {**shift, "python": f"{platform.python_version()} ({interpreter()})", "import_s": round(imports, 2),
+           "load_average": round(os.getloadavg()[0], 2), "baseline_tasks": n, "baseline_wall_s": round(base, 3),
+           "ratio": round(ratio, 1),
            "dials_per_s": round(shift["dials"] / shift["wall_s"]), "us_per_dial": round(1e6 * shift["wall_s"]
                                                                                        / max(shift["dials"], 1))}
     print(f"shift: {args.agents} agents x {args.hours:g} h, {args.pacer}: {shift['wall_s']:.2f} s wall, "

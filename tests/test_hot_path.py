@@ -24,7 +24,7 @@ from engine.pacing import Estimates, PredictivePacer, Snapshot, dial_cap
 from engine.pbx.base import Answered, Ended, Ringing
 from engine.plugins import FastHook, make_plugin_manager
 from engine.store.memory import MemoryStore
-from simulations.vloop import GC_THRESHOLDS, VirtualTimeDeadlock, VirtualTimeLoop, run_virtual
+from simulations.vloop import VirtualTimeDeadlock, VirtualTimeLoop, run_virtual
 
 # -- the virtual-time loop ---------------------------------------------------------------------
 
@@ -107,14 +107,19 @@ def test_io_and_other_threads_still_reach_the_virtual_loop():
     assert text == "donehi" and ticks > 0
 
 
-def test_run_virtual_collects_rarely_and_restores_the_collector():
-    before = gc.get_threshold()
+def test_run_virtual_holds_the_collector_off_and_restores_it():
+    async def main() -> bool:
+        return gc.isenabled()
 
-    async def main() -> tuple[int, ...]:
-        return gc.get_threshold()
-
-    assert run_virtual(main()) == GC_THRESHOLDS
-    assert gc.get_threshold() == before
+    assert gc.isenabled()
+    assert run_virtual(main()) is False
+    assert gc.isenabled()
+    gc.disable()  # off before: left off
+    try:
+        assert run_virtual(main()) is False
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 # -- a call's event inbox ----------------------------------------------------------------------
@@ -365,7 +370,7 @@ def test_a_run_freezes_start_up_for_the_collector_and_undoes_it_at_the_end():
     finally:
         undo()
     assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
-    undo = _quiet_gc(types.SimpleNamespace(virtual_time=True))  # virtual time: vloop's thresholds stand
+    undo = _quiet_gc(types.SimpleNamespace(virtual_time=True))  # virtual time: the thresholds are vloop's business
     assert gc.get_threshold() == before and gc.get_freeze_count() > 0
     undo()
     assert gc.get_freeze_count() == 0
