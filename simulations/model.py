@@ -144,4 +144,5 @@ def generate_phones(n: int, rng: np.random.Generator) -> list[str]:
     """Distinct, well-formed US numbers in the 555 exchange (fictional, never real subscribers)."""
     codes = AREA_CODES if n <= len(AREA_CODES) * 10000 // 2 else AREA_CODES + MORE_AREA_CODES
     picks = rng.choice(len(codes) * 10000, size=n, replace=n > len(codes) * 10000)
-    return [f"+1{codes[p // 10000]}555{p % 10000:04d}" for p in picks]
+    # As Python ints (tolist): arithmetic and formatting on numpy scalars cost several times more.
+    return [f"+1{codes[p // 10000]}555{p % 10000:04d}" for p in picks.tolist()]

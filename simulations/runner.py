@@ -46,8 +46,9 @@ def generate_leads(cfg: CampaignConfig, n: int, seed: int) -> list[Lead]:
                   | {t for ts in cfg.ranking.products.values() for t in ts})
     types = sorted(cfg.customer_types) if cfg.ranking.tiers else []
     leads = []
+    campaign_id, timezone = cfg.id, cfg.campaign.timezone  # read once, not once a lead
     for i, p in enumerate(phones, 1):
-        lead = Lead(lead_id=f"L{i:07d}", campaign_id=cfg.id, phone=p, timezone=cfg.campaign.timezone)
+        lead = Lead(lead_id=f"L{i:07d}", campaign_id=campaign_id, phone=p, timezone=timezone)
         if tags:
             lead.tags = tuple(t for t in tags if rng.random() < 0.2)
         if types:
