@@ -157,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         import_engine()
         print(json.dumps(time_shift(args.agents, args.hours, args.pacer, args.seed)))
         return 0
+    where = "one process" if args.repeat <= 1 else f"{args.repeat} processes, one after the other"
     print(f"speed benchmark: Python {platform.python_version()} ({interpreter()}), {os.cpu_count()} CPUs, "
-          f"one process, load average {os.getloadavg()[0]:.2f} at start")
+          f"{where}, load average {os.getloadavg()[0]:.2f} at start")
     imports = import_engine()
     runs: list[dict[str, Any]] = []
     if args.repeat > 1:
